@@ -1,0 +1,1 @@
+"""Model families and the training layer (imported as ``rppg_models``)."""

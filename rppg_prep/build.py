@@ -1,0 +1,454 @@
+"""Plan and run a build: (stage, subject) nodes keyed by content, committed atomically.
+
+Stages of one subject::
+
+    video ─▶ decode ─▶ landmarks ─▶ face ─┬─▶ clips ──┐
+                 │                        └─▶ st_map ─┤
+                 └────────────────────────────────────┴─▶ labels ◀── ground truth
+
+``decode``, ``landmarks`` and ``face`` share one streaming pass over the video when more than one
+of them is missing (decoding twice would cost more than the rest of the build). A node whose key
+already exists is not recomputed; a failing stage is recorded with its error, and the subject's
+other nodes and every other subject go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rppg_prep import __version__
+from rppg_prep.datasets import Subject, get_loader
+from rppg_prep.errors import ConfigError, FaceNotFoundError, RppgPrepError, StoreError
+from rppg_prep.stage import Stage, canonical_json, node_key, params_from_dict
+from rppg_prep.stages import clips, decode, face, labels, landmarks, st_map
+from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node
+
+__all__ = ["Pipeline", "load_pipeline", "plan_subject", "build_subject", "SubjectResult", "STAGES", "ORDER"]
+
+log = logging.getLogger(__name__)
+
+STAGES: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (decode, landmarks, face, clips, st_map, labels)}
+ORDER = ("decode", "landmarks", "face", "clips", "st_map", "labels")
+PIPELINE_DIRS = (Path.cwd() / "pipelines", Path(__file__).resolve().parents[1] / "pipelines")
+BATCH_FRAMES = 64
+FRAME_CHUNK = 32
+MIN_VALID_FRACTION = 0.5
+
+ProgressFn = Callable[[str, str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A resolved pipeline config: which dataset, and each stage's params."""
+
+    name: str
+    dataset: str
+    params: dict[str, Any]
+
+    def config(self) -> dict[str, Any]:
+        """Plain-JSON view of every stage's params."""
+        import json
+
+        return {s: json.loads(canonical_json(self.params[s])) for s in ORDER}
+
+
+def load_pipeline(spec: str | Path | None = None, *, dataset: str = "ubfc") -> Pipeline:
+    """Resolve a pipeline from a YAML file, a name under ``pipelines/``, or the defaults.
+
+    The YAML holds ``name``, ``dataset`` and ``stages: {stage: {param: value}}``; parameters left
+    out take the stage's defaults.
+
+    Raises
+    ------
+    ConfigError
+        Unknown pipeline name, unreadable YAML, unknown stage or parameter, or a bad value.
+    """
+    raw: dict[str, Any] = {"name": dataset, "dataset": dataset, "stages": {}}
+    if spec is not None:
+        path = Path(spec)
+        if not path.suffix:
+            found = [d / f"{spec}.yaml" for d in PIPELINE_DIRS if (d / f"{spec}.yaml").exists()]
+            if not found:
+                raise ConfigError(f"no pipeline named {spec!r} in {', '.join(map(str, PIPELINE_DIRS))}")
+            path = found[0]
+        try:
+            raw.update(yaml.safe_load(path.read_text()) or {})
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read pipeline config: {exc}", path=path) from None
+    stages_cfg = raw.get("stages") or {}
+    unknown = sorted(set(stages_cfg) - set(ORDER))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown} in pipeline {raw['name']!r}; stages: {list(ORDER)}")
+    params = {}
+    for name in ORDER:
+        try:
+            params[name] = params_from_dict(STAGES[name].params, stages_cfg.get(name))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"stage {name}: {exc}") from None
+    return Pipeline(name=str(raw["name"]), dataset=str(raw["dataset"]), params=params)
+
+
+@dataclass
+class NodePlan:
+    """One node of a subject's plan."""
+
+    stage: str
+    key: str
+    path: Path
+    fresh: bool
+
+
+@dataclass
+class SubjectResult:
+    """What happened to one subject in a build."""
+
+    subject: str
+    status: str = "ok"
+    failed_stage: str | None = None
+    error: str | None = None
+    frames: int = 0
+    seconds: float = 0.0
+    bytes: int = 0
+    ran: list[str] = field(default_factory=list)
+    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _truth_files(subject: Subject, cache: Path) -> dict[str, str]:
+    loader = get_loader(subject.dataset)
+    files = {"loader": f"{subject.dataset}/{getattr(loader, 'VERSION', '1')}"}
+    for i, p in enumerate(subject.truth):
+        files[f"truth{i}"] = fingerprint(p, cache) if Path(p).exists() else f"missing:{Path(p).name}"
+    return files
+
+
+def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[str, NodePlan]:
+    """Key every node of ``subject`` and say which already exist.
+
+    Raises
+    ------
+    VideoDecodeError
+        If the video file is missing (nothing can be keyed without it).
+    """
+    cache = Path(cache)
+    if not subject.video.exists():
+        raise decode.VideoDecodeError("video file is missing", subject=subject.id, path=subject.video)
+    files = {"decode": {"video": fingerprint(subject.video, cache)}, "labels": _truth_files(subject, cache)}
+    keys: dict[str, str] = {}
+    plan = {}
+    for name in ORDER:
+        st = STAGES[name]
+        key = node_key(st, pipe.params[name], {u: keys[u] for u in st.inputs}, files.get(name, {}))
+        keys[name] = key
+        path = node_path(cache, pipe.dataset, subject.id, name, key)
+        plan[name] = NodePlan(name, key, path, node_exists(path))
+    return plan
+
+
+def _attrs(pipe: Pipeline, subject: Subject, node: NodePlan, plan: dict[str, NodePlan], **extra: Any) -> dict:
+    import json
+
+    st = STAGES[node.stage]
+    return {
+        "key": node.key, "stage": st.name, "version": st.version, "subject": subject.id,
+        "dataset": pipe.dataset, "params": json.loads(canonical_json(pipe.params[node.stage])),
+        "inputs": {u: plan[u].key for u in st.inputs}, "rppg_prep": __version__,
+        "source": {"video": str(subject.video), "truth": [str(p) for p in subject.truth]},
+        **extra,
+    }
+
+
+class _Appender:
+    """Buffers appends so that each write to a growing array fills whole chunks."""
+
+    def __init__(self, writer: NodeWriter, name: str, chunk: int):
+        self.w, self.name, self.chunk, self.buf = writer, name, chunk, []
+        self.n = 0
+
+    def add(self, data: np.ndarray) -> None:
+        self.buf.append(data)
+        self.n += len(data)
+        if self.n >= self.chunk:
+            joined = np.concatenate(self.buf)
+            cut = (len(joined) // self.chunk) * self.chunk
+            self.w.append(self.name, joined[:cut])
+            self.buf, self.n = ([joined[cut:]] if cut < len(joined) else []), len(joined) - cut
+
+    def close(self) -> None:
+        if self.buf:
+            self.w.append(self.name, np.concatenate(self.buf))
+        self.buf, self.n = [], 0
+
+
+def _gaps(valid: np.ndarray, t_s: np.ndarray) -> list[tuple[float, float]]:
+    """(start s, length s) of each run of invalid frames."""
+    bad = np.concatenate([[False], ~valid, [False]]).astype(np.int8)
+    starts, stops = np.flatnonzero(np.diff(bad) == 1), np.flatnonzero(np.diff(bad) == -1)
+    dt = float(np.median(np.diff(t_s))) if len(t_s) > 1 else 0.0
+    return [(float(t_s[a]), float(t_s[b - 1] - t_s[a] + dt)) for a, b in zip(starts, stops)]
+
+
+def _video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,
+                progress: ProgressFn) -> None:
+    """Stream the video once and write whichever of decode / landmarks / face are missing."""
+    need = {s: not plan[s].fresh for s in ("decode", "landmarks", "face")}
+    info = decode.probe(subject.video, subject=subject.id)
+    lp, fp = pipe.params["landmarks"], pipe.params["face"]
+    writers: list[NodeWriter] = []
+    try:
+        stored = None if need["landmarks"] else open_node(plan["landmarks"].path)
+        detector = landmarks.make_detector(lp) if need["landmarks"] else None
+        n_lm = landmarks.N_LANDMARKS[lp.backend]
+        if need["landmarks"]:
+            lm_w = NodeWriter(plan["landmarks"].path, _attrs(pipe, subject, plan["landmarks"], plan,
+                                                            n_landmarks=n_lm, backend=lp.backend))
+            writers.append(lm_w)
+            lm_w.create("landmarks", shape=(0, n_lm, 2), dtype="float32", chunks=(256, n_lm, 2), unit="px",
+                        axes=("frame", "landmark", "xy"), doc="landmarks in the source frame, NaN = no face",
+                        fill_value=float("nan"))
+            lm_w.create("detected", shape=(0,), dtype="bool", chunks=(4096,), axes=("frame",),
+                        doc="a face was found", fill_value=False)
+            lm_app, det_app = _Appender(lm_w, "landmarks", 256), _Appender(lm_w, "detected", 4096)
+        if need["face"]:
+            s = fp.size_px
+            fc_w = NodeWriter(plan["face"].path, _attrs(pipe, subject, plan["face"], plan))
+            writers.append(fc_w)
+            fc_w.create("frames", shape=(0, s, s, 3), dtype="uint8", chunks=(FRAME_CHUNK, s, s, 3),
+                        axes=("frame", "y", "x", "channel"), doc="stabilised RGB face crops")
+            fc_w.create("box", shape=(0, 4), dtype="float32", chunks=(4096, 4), unit="px",
+                        axes=("frame", "xywh"), doc="crop square in the source frame: x0, y0, side, side")
+            fc_w.create("valid", shape=(0,), dtype="bool", chunks=(4096,), axes=("frame",),
+                        doc="face tracked (gaps <= max_gap_s bridged)")
+            apps = {k: _Appender(fc_w, k, FRAME_CHUNK if k == "frames" else 4096) for k in ("frames", "box", "valid")}
+            tracker = face.FaceTracker(fp, info.fps, (info.height, info.width))
+            valid_parts: list[np.ndarray] = []
+
+        def emit(out: dict[str, np.ndarray] | None) -> None:
+            if out is not None:
+                for k, app in apps.items():
+                    app.add(out[k])
+                valid_parts.append(out["valid"])
+
+        times = []
+        total = max(info.n_frames, 1)
+        for batch in decode.iter_frames(subject.video, batch_frames=BATCH_FRAMES, subject=subject.id):
+            times.append(batch.t_s)
+            b = len(batch.frames)
+            if need["landmarks"] or need["face"]:
+                if need["landmarks"]:
+                    lm = np.full((b, n_lm, 2), np.nan, dtype=np.float32)
+                    det = np.zeros(b, dtype=bool)
+                    for i, fr in enumerate(batch.frames):
+                        pts = detector(fr)
+                        if pts is not None:
+                            lm[i], det[i] = pts, True
+                    lm_app.add(lm)
+                    det_app.add(det)
+                else:
+                    sl = slice(batch.start, batch.start + b)
+                    lm, det = stored["landmarks"][sl], stored["detected"][sl]
+                if need["face"]:
+                    emit(tracker.push(face.raw_boxes(lm, det), batch.frames))
+            progress(subject.id, "face" if need["face"] else "decode", batch.start + b, total)
+        if detector is not None:
+            detector.close()
+        t_s, n_filled = decode.repair_times(np.concatenate(times), info.fps)
+        n = len(t_s)
+        res.frames = n
+        fps_eff = (n - 1) / max(t_s[-1] - t_s[0], 1e-9) if n > 1 else info.fps
+        if n_filled:
+            res.notes.append(f"{n_filled} frame time(s) missing in the container; filled from {info.fps:.3f} fps")
+        if need["decode"]:
+            with NodeWriter(plan["decode"].path, _attrs(
+                    pipe, subject, plan["decode"], plan, n_frames=n, fps_nominal=info.fps, fps=fps_eff,
+                    width=info.width, height=info.height, times_filled=n_filled)) as dw:
+                dw.write("t_s", t_s, chunks=(max(n, 1),), unit="s", axes=("frame",), doc="frame presentation time")
+            res.ran.append("decode")
+        if need["landmarks"]:
+            lm_app.close()
+            det_app.close()
+            writers.remove(lm_w)
+            lm_w.commit()
+            res.ran.append("landmarks")
+        if need["face"]:
+            emit(tracker.flush())
+            valid = np.concatenate(valid_parts)
+            if valid.mean() < MIN_VALID_FRACTION:
+                raise FaceNotFoundError(
+                    f"a face was tracked in only {100 * valid.mean():.0f}% of {n} frames "
+                    f"(at least {100 * MIN_VALID_FRACTION:.0f}% needed)", subject=subject.id, path=subject.video)
+            gaps = [g for g in _gaps(valid, t_s) if g[1] >= 1.0]
+            for start, length in gaps[:5]:
+                res.notes.append(f"no face for {length:.1f} s from {start:.1f} s in {subject.video.name}: "
+                                 "those frames are marked invalid")
+            for app in apps.values():
+                app.close()
+            fc_w.attrs.update(n_frames=n, fps=fps_eff, size_px=fp.size_px, valid_fraction=float(valid.mean()),
+                              gaps_s=[list(g) for g in gaps])
+            writers.remove(fc_w)
+            fc_w.commit()
+            res.ran.append("face")
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+
+
+def _clips_stage(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,
+                 progress: ProgressFn) -> None:
+    cp = pipe.params["clips"]
+    frames = open_node(plan["face"].path)["frames"]
+    n = frames.shape[0]
+    win = clips.clip_windows(n, cp.length_frames, cp.stride_frames)
+    L, s = cp.length_frames, cp.size_px
+    with NodeWriter(plan["clips"].path, _attrs(pipe, subject, plan["clips"], plan, n_clips=len(win))) as w:
+        arr = w.create("clips", shape=(len(win), L, s, s, 3), dtype="uint8", chunks=(1, L, s, s, 3),
+                       axes=("clip", "frame", "y", "x", "channel"), doc="RGB clip tensors")
+        for i, clip in enumerate(clips.iter_clips(lambda a, b: frames[a:min(b, n)], win, s)):
+            arr[i] = clip
+            progress(subject.id, "clips", i + 1, len(win))
+        w.write("window", win, chunks=(max(len(win), 1), 2), unit="frame", axes=("clip", "start_stop"))
+    res.ran.append("clips")
+
+
+def _st_map_stage(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,
+                  progress: ProgressFn) -> None:
+    sp = pipe.params["st_map"]
+    fnode = open_node(plan["face"].path)
+    frames = fnode["frames"]
+    n, h, wd = frames.shape[:3]
+    win = st_map.segment_windows(n, float(fnode.attrs["fps"]), sp.segment_s, sp.stride_s)
+    cols = st_map.strip_columns(wd, sp.strip_px, sp.margin_frac)
+    seg_len = int(win[0, 1] - win[0, 0]) if len(win) else int(round(sp.segment_s * float(fnode.attrs["fps"])))
+    shape = (len(win), len(cols), h, sp.strip_px * seg_len, 3)
+    with NodeWriter(plan["st_map"].path, _attrs(pipe, subject, plan["st_map"], plan, n_segments=len(win),
+                                                n_strips=len(cols))) as w:
+        arr = w.create("images", shape=shape, dtype="uint8", chunks=(1, 1) + shape[2:],
+                       axes=("segment", "strip", "y", "x_time", "channel"), doc="ST2S spatiotemporal images, RGB")
+        for i, (a, b) in enumerate(win):
+            arr[i] = st_map.st_images(frames[a:b], cols, sp.strip_px)
+            progress(subject.id, "st_map", i + 1, len(win))
+        w.write("window", win, chunks=(max(len(win), 1), 2), unit="frame", axes=("segment", "start_stop"))
+        w.write("strip_col", cols, chunks=(max(len(cols), 1),), unit="px", axes=("strip",))
+    res.ran.append("st_map")
+
+
+def _labels_stage(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,
+                  progress: ProgressFn) -> None:
+    loader = get_loader(subject.dataset)
+    truth = loader.read_truth(subject)
+    t_s = open_node(plan["decode"].path)["t_s"][:]
+    cw = open_node(plan["clips"].path)["window"][:]
+    sw = open_node(plan["st_map"].path)["window"][:]
+    arrays, notes = labels.make_labels(truth, t_s, cw, sw, pipe.params["labels"], subject=subject.id,
+                                       path=str(subject.truth[0]))
+    res.notes.extend(list(truth.notes) + notes)
+    specs = {a.name: a for a in labels.STAGE.outputs}
+    with NodeWriter(plan["labels"].path, _attrs(pipe, subject, plan["labels"], plan, notes=list(truth.notes) + notes,
+                                                band_hz=list(pipe.params["labels"].band_hz))) as w:
+        for name, data in arrays.items():
+            sp = specs[name]
+            w.write(name, data, chunks=tuple(max(d, 1) for d in data.shape), unit=sp.unit, axes=sp.axes, doc=sp.doc)
+    progress(subject.id, "labels", 1, 1)
+    res.ran.append("labels")
+
+
+_RUNNERS = {"clips": _clips_stage, "st_map": _st_map_stage, "labels": _labels_stage}
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def build_subject(pipe: Pipeline, subject: Subject, cache: str | Path, *, force: Iterable[str] = (),
+                  progress: ProgressFn | None = None) -> SubjectResult:
+    """Build every missing node of one subject; never raises for bad input.
+
+    Parameters
+    ----------
+    pipe : Pipeline
+    subject : Subject
+    cache : str or Path
+        Store root.
+    force : iterable of str
+        Stages to recompute even when their node exists.
+    progress : callable (subject, stage, done, total), optional
+
+    Returns
+    -------
+    SubjectResult
+        ``status`` is ``"failed"`` with ``failed_stage`` and ``error`` when a stage raised; the
+        nodes finished before it stay committed.
+    """
+    progress = progress or (lambda *a: None)
+    res = SubjectResult(subject.id)
+    t0 = time.perf_counter()
+    stage = "decode"
+    try:
+        plan = plan_subject(pipe, subject, cache)
+        for name in force:
+            plan[name].fresh = False
+            if plan[name].path.exists():
+                import shutil
+
+                shutil.rmtree(plan[name].path)
+        res.nodes = {s: {"key": p.key, "path": str(p.path.relative_to(Path(cache)))} for s, p in plan.items()}
+        if not all(plan[s].fresh for s in ("decode", "landmarks", "face")):
+            stage = "face"
+            _video_pass(pipe, subject, plan, res, progress)
+        for name in ("clips", "st_map", "labels"):
+            stage = name
+            if not plan[name].fresh:
+                _RUNNERS[name](pipe, subject, plan, res, progress)
+        if not res.frames:
+            res.frames = int(open_node(plan["decode"].path).attrs["n_frames"])
+        res.bytes = sum(_dir_bytes(p.path) for p in plan.values())
+    except RppgPrepError as exc:
+        res.status, res.failed_stage, res.error = "failed", stage, str(exc)
+    except Exception as exc:  # an unexpected bug still must not take the other subjects down
+        tb = traceback.format_exc(limit=4).strip().splitlines()
+        res.status, res.failed_stage = "failed", stage
+        res.error = f"subject {subject.id}, file {subject.video}: {type(exc).__name__}: {exc} ({tb[-3:]})"
+        log.debug("traceback of subject %s:\n%s", subject.id, traceback.format_exc())
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict[str, Any]]:
+    """Open a finished build: subject -> stage -> zarr group of that node (read-only).
+
+    Only subjects whose build succeeded are returned.
+
+    Raises
+    ------
+    StoreError
+        If the build or one of its nodes is missing.
+    """
+    from rppg_prep.store import read_manifest
+
+    man = read_manifest(cache, dataset, pipeline)
+    out = {}
+    for sid, rec in man["subjects"].items():
+        if rec["status"] != "ok":
+            continue
+        out[sid] = {stage: open_node(Path(cache) / node["path"]) for stage, node in rec["nodes"].items()}
+    return out
+
+
+def environment_threads() -> None:
+    """One compute thread per process: threads fight on small machines (see dependencies.md)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    import cv2
+
+    cv2.setNumThreads(1)

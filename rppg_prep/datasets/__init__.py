@@ -1,0 +1,96 @@
+"""Dataset loaders: each finds subjects under a root and reads their ground truth.
+
+A loader module exposes ``NAME``, ``LAYOUT`` (a one-paragraph description of the expected files),
+``find_subjects(root) -> list[Subject]`` and ``read_truth(subject) -> Truth``. Heavy readers are
+imported inside the loader that needs them, so listing datasets stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+__all__ = ["Subject", "Truth", "get_loader", "LOADERS", "natural_key"]
+
+#: dataset name -> module path of its loader
+LOADERS: dict[str, str] = {
+    "ubfc": "rppg_prep.datasets.ubfc",
+}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One recording of a dataset: a video and its ground-truth files.
+
+    Attributes
+    ----------
+    dataset : str
+        Loader name, e.g. ``"ubfc"``.
+    id : str
+        Subject id, unique within the dataset root (e.g. ``"subject3"``).
+    video : Path
+        The video file.
+    truth : tuple of Path
+        Ground-truth files, read by the loader's ``read_truth``.
+    fmt : str
+        Loader-specific format tag (e.g. ``"DATASET_2"``).
+    """
+
+    dataset: str
+    id: str
+    video: Path
+    truth: tuple[Path, ...]
+    fmt: str = ""
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Ground truth of one subject on its own (PPG) clock.
+
+    Attributes
+    ----------
+    ppg : ndarray of float64, shape (n,)
+        Contact PPG, arbitrary units.
+    t_s : ndarray of float64, shape (n,)
+        Strictly increasing sample times in seconds; 0 is the first video frame.
+    hr_bpm : ndarray of float64, shape (n,) or None
+        The device's own HR (bpm) on the same clock; dropouts replaced by NaN.
+    frame_locked : bool
+        True when sample i was recorded with video frame i (UBFC DATASET_2).
+    notes : tuple of str
+        Quirks noticed while reading (repaired timestamps, masked dropouts).
+    """
+
+    ppg: np.ndarray
+    t_s: np.ndarray
+    hr_bpm: np.ndarray | None = None
+    frame_locked: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def natural_key(text: str) -> list[object]:
+    """Sort key that orders embedded numbers numerically (``subject3`` < ``subject10``).
+
+    >>> sorted(["subject10", "subject3"], key=natural_key)
+    ['subject3', 'subject10']
+    """
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", text)]
+
+
+def get_loader(name: str) -> ModuleType:
+    """Import and return the loader module of dataset ``name``.
+
+    Raises
+    ------
+    KeyError
+        If no loader has that name; the message lists the known ones.
+    """
+    try:
+        return importlib.import_module(LOADERS[name])
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(LOADERS))}") from None

@@ -1,0 +1,167 @@
+"""Stage declarations and content keys.
+
+A stage is a pure function plus a small frozen record: ``name``, a hand-bumped ``version``, a frozen
+params dataclass, the upstream stages it reads and the arrays it writes. A node (stage, subject) is
+keyed by the sha256 of the stage's identity, its canonical params, its upstream node keys and the
+fingerprints of its raw input files, so a downstream key changes exactly when something it depends
+on changed (the chaining of Hugging Face datasets' fingerprints and DVC's stage hashes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ArraySpec", "Stage", "canonical_json", "node_key", "params_from_dict"]
+
+KEY_LEN = 64
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array a stage writes.
+
+    Attributes
+    ----------
+    name : str
+        Array name inside the node group.
+    dtype : str
+        numpy dtype name.
+    axes : tuple of str
+        Named axes, e.g. ``("frame", "y", "x", "channel")``.
+    unit : str
+        Physical unit, ``""`` when dimensionless.
+    doc : str
+        One-line meaning.
+    """
+
+    name: str
+    dtype: str
+    axes: tuple[str, ...]
+    unit: str = ""
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Declaration of a pipeline stage.
+
+    Attributes
+    ----------
+    name : str
+    version : str
+        Bump by hand whenever the stage's output changes for the same params.
+    params : type
+        Frozen dataclass of the settings that change the output (never execution settings).
+    inputs : tuple of str
+        Upstream stage names whose node keys enter this stage's key.
+    outputs : tuple of ArraySpec
+    """
+
+    name: str
+    version: str
+    params: type
+    inputs: tuple[str, ...]
+    outputs: tuple[ArraySpec, ...]
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise TypeError(f"cannot hash non-finite float {obj!r}")
+        return obj
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    raise TypeError(f"cannot hash value of type {type(obj).__name__}: {obj!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    """Serialise ``obj`` to canonical JSON (sorted keys, no spaces, tuples as lists).
+
+    Raises
+    ------
+    TypeError
+        If a value has no canonical JSON form; rather than guessing a key (a silent recompute).
+
+    Examples
+    --------
+    >>> canonical_json({"b": (1, 2), "a": 1.5})
+    '{"a":1.5,"b":[1,2]}'
+    """
+    return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def node_key(stage: Stage, params: Any, upstream: dict[str, str], fingerprints: dict[str, str]) -> str:
+    """Key of one node: sha256 hex of stage identity, params, upstream keys and input hashes.
+
+    Parameters
+    ----------
+    stage : Stage
+    params : dataclass instance
+        The stage's params.
+    upstream : dict of str to str
+        Upstream stage name -> node key.
+    fingerprints : dict of str to str
+        Raw input role (e.g. ``"video"``) -> content sha256.
+
+    Returns
+    -------
+    str
+        64 lowercase hex characters.
+    """
+    payload = {
+        "stage": stage.name,
+        "version": stage.version,
+        "params": params,
+        "inputs": dict(sorted(upstream.items())),
+        "files": dict(sorted(fingerprints.items())),
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def params_from_dict(cls: type, values: dict[str, Any] | None) -> Any:
+    """Build a params dataclass from a config mapping, casting numbers to the declared field types.
+
+    YAML ``1`` and CLI ``1.0`` then give the same key.
+
+    Raises
+    ------
+    ValueError
+        Unknown keys (the message lists the valid ones) or values that cannot be cast.
+    """
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {cls.__name__}; valid: {sorted(fields)}")
+    defaults = cls()
+    out = {}
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            out[name] = bool(value)
+        elif isinstance(default, float):
+            out[name] = float(value)
+        elif isinstance(default, int):
+            out[name] = int(value)
+        elif isinstance(default, tuple):
+            out[name] = tuple(type(d)(v) for d, v in zip(default, value)) if len(value) == len(default) else tuple(value)
+        else:
+            out[name] = value
+    return cls(**out)

@@ -1,0 +1,38 @@
+"""Shared test fixtures.
+
+Real test data (other people's recordings, read in place, never copied into the repo) live in
+``<repo>/../shared/data`` or wherever ``$RPPG_TEST_DATA`` points. Tests that need them take the
+``real_data`` fixture: it skips when the folder is missing, except on CI (``CI=true``), where a
+missing folder is a failure so that real-data tests cannot silently vanish.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """Folder with the real test data: ``$RPPG_TEST_DATA`` or ``<repo>/../shared/data``."""
+    return Path(os.environ.get("RPPG_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def require_real_data() -> Path:
+    """Return :func:`data_root` if it exists; otherwise skip the test, or fail it when ``CI=true``."""
+    root = data_root()
+    if not root.is_dir():
+        msg = f"real test data not found at {root}; set RPPG_TEST_DATA"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """Path of the real test data; skip (fail on CI) when it is absent."""
+    return require_real_data()
