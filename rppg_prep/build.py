@@ -14,10 +14,13 @@ other nodes and every other subject go on.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +34,18 @@ from rppg_prep.datasets import Subject, get_loader
 from rppg_prep.errors import ConfigError, FaceNotFoundError, RppgPrepError, StoreError
 from rppg_prep.stage import Stage, canonical_json, node_key, params_from_dict
 from rppg_prep.stages import clips, decode, face, labels, landmarks, st_map
-from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node
+from rppg_prep.store import (NodeWriter, fingerprint, manifest_path, node_exists, node_path, open_node,
+                             write_json_atomic)
 
-__all__ = ["Pipeline", "load_pipeline", "plan_subject", "build_subject", "SubjectResult", "STAGES", "ORDER"]
+__all__ = ["Pipeline", "load_pipeline", "plan_subject", "build_subject", "run_build", "write_manifest",
+           "open_build", "SubjectResult", "STAGES", "ORDER"]
 
 log = logging.getLogger(__name__)
 
 STAGES: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (decode, landmarks, face, clips, st_map, labels)}
 ORDER = ("decode", "landmarks", "face", "clips", "st_map", "labels")
 PIPELINE_DIRS = (Path.cwd() / "pipelines", Path(__file__).resolve().parents[1] / "pipelines")
-BATCH_FRAMES = 64
+BATCH_FRAMES = 16
 FRAME_CHUNK = 32
 MIN_VALID_FRACTION = 0.5
 
@@ -57,8 +62,6 @@ class Pipeline:
 
     def config(self) -> dict[str, Any]:
         """Plain-JSON view of every stage's params."""
-        import json
-
         return {s: json.loads(canonical_json(self.params[s])) for s in ORDER}
 
 
@@ -156,8 +159,6 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
 
 
 def _attrs(pipe: Pipeline, subject: Subject, node: NodePlan, plan: dict[str, NodePlan], **extra: Any) -> dict:
-    import json
-
     st = STAGES[node.stage]
     return {
         "key": node.key, "stage": st.name, "version": st.version, "subject": subject.id,
@@ -370,6 +371,51 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
+def start_subject(pipe: Pipeline, subject: Subject, cache: str | Path, *, force: Iterable[str] = (),
+                  progress: ProgressFn | None = None) -> tuple[SubjectResult, dict[str, NodePlan] | None]:
+    """Plan a subject and run its video pass (decode, landmarks, face) if any of those is missing.
+
+    Returns the result so far and the plan (None when planning failed); never raises for bad input.
+    """
+    res = SubjectResult(subject.id)
+    t0 = time.perf_counter()
+    plan = None
+    with _recording(res, subject, "decode"):
+        plan = plan_subject(pipe, subject, cache)
+        for name in force:
+            if name not in plan:
+                raise ConfigError(f"--force names unknown stage {name!r}; stages: {list(ORDER)}")
+            plan[name].fresh = False
+            if plan[name].path.exists():
+                shutil.rmtree(plan[name].path)
+        res.nodes = {s: {"key": p.key, "path": p.path.relative_to(Path(cache)).as_posix()} for s, p in plan.items()}
+        if not all(plan[s].fresh for s in ("decode", "landmarks", "face")):
+            res.failed_stage = "face"
+            _video_pass(pipe, subject, plan, res, progress or _no_progress)
+        res.failed_stage = None
+    res.seconds = time.perf_counter() - t0
+    return res, plan
+
+
+def finish_subject(pipe: Pipeline, subject: Subject, cache: str | Path, plan: dict[str, NodePlan],
+                   res: SubjectResult, *, progress: ProgressFn | None = None) -> SubjectResult:
+    """Run the stages after the video pass (clips, st_map, labels) that are missing."""
+    t0 = time.perf_counter()
+    for name in ("clips", "st_map", "labels"):
+        if res.status != "ok":
+            break
+        with _recording(res, subject, name):
+            if not plan[name].fresh:
+                _RUNNERS[name](pipe, subject, plan, res, progress or _no_progress)
+    if res.status == "ok":
+        with _recording(res, subject, "decode"):
+            if not res.frames:
+                res.frames = int(open_node(plan["decode"].path).attrs["n_frames"])
+            res.bytes = sum(_dir_bytes(p.path) for p in plan.values())
+    res.seconds += time.perf_counter() - t0
+    return res
+
+
 def build_subject(pipe: Pipeline, subject: Subject, cache: str | Path, *, force: Iterable[str] = (),
                   progress: ProgressFn | None = None) -> SubjectResult:
     """Build every missing node of one subject; never raises for bad input.
@@ -390,38 +436,144 @@ def build_subject(pipe: Pipeline, subject: Subject, cache: str | Path, *, force:
         ``status`` is ``"failed"`` with ``failed_stage`` and ``error`` when a stage raised; the
         nodes finished before it stay committed.
     """
-    progress = progress or (lambda *a: None)
-    res = SubjectResult(subject.id)
-    t0 = time.perf_counter()
-    stage = "decode"
-    try:
-        plan = plan_subject(pipe, subject, cache)
-        for name in force:
-            plan[name].fresh = False
-            if plan[name].path.exists():
-                import shutil
+    res, plan = start_subject(pipe, subject, cache, force=force, progress=progress)
+    if plan is None or res.status != "ok":
+        return res
+    return finish_subject(pipe, subject, cache, plan, res, progress=progress)
 
-                shutil.rmtree(plan[name].path)
-        res.nodes = {s: {"key": p.key, "path": str(p.path.relative_to(Path(cache)))} for s, p in plan.items()}
-        if not all(plan[s].fresh for s in ("decode", "landmarks", "face")):
-            stage = "face"
-            _video_pass(pipe, subject, plan, res, progress)
-        for name in ("clips", "st_map", "labels"):
-            stage = name
-            if not plan[name].fresh:
-                _RUNNERS[name](pipe, subject, plan, res, progress)
-        if not res.frames:
-            res.frames = int(open_node(plan["decode"].path).attrs["n_frames"])
-        res.bytes = sum(_dir_bytes(p.path) for p in plan.values())
-    except RppgPrepError as exc:
-        res.status, res.failed_stage, res.error = "failed", stage, str(exc)
-    except Exception as exc:  # an unexpected bug still must not take the other subjects down
-        tb = traceback.format_exc(limit=4).strip().splitlines()
-        res.status, res.failed_stage = "failed", stage
-        res.error = f"subject {subject.id}, file {subject.video}: {type(exc).__name__}: {exc} ({tb[-3:]})"
-        log.debug("traceback of subject %s:\n%s", subject.id, traceback.format_exc())
-    res.seconds = time.perf_counter() - t0
-    return res
+
+class _recording:
+    """Context that turns an exception inside a stage into a failed SubjectResult."""
+
+    def __init__(self, res: SubjectResult, subject: Subject, stage: str):
+        self.res, self.subject, self.stage = res, subject, stage
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        res = self.res
+        res.status, res.failed_stage = "failed", res.failed_stage or self.stage
+        if isinstance(exc, RppgPrepError):
+            res.error = str(exc)
+        else:  # an unexpected bug still must not take the other subjects down
+            where = traceback.format_exception(exc_type, exc, tb, limit=-2)
+            res.error = (f"subject {self.subject.id}, file {self.subject.video}: {type(exc).__name__}: {exc} "
+                         f"[{' | '.join(x.strip() for x in where[1:-1])}]")
+        log.debug("subject %s failed", self.subject.id, exc_info=(exc_type, exc, tb))
+        return True
+
+
+def _no_progress(*_: Any) -> None:
+    return None
+
+
+def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, workers: int = 1,
+              force: Iterable[str] = (), progress: ProgressFn | None = None,
+              on_result: Callable[[SubjectResult], None] | None = None) -> list[SubjectResult]:
+    """Build ``subjects`` and return one result per subject, in the order given.
+
+    With ``workers=1`` everything runs in this process: the video pass of one subject (MediaPipe,
+    one core) overlaps with the clips / ST / labels stages of the previous one on a second thread.
+    With ``workers > 1`` subjects are spread over that many worker processes.
+    """
+    force = tuple(force)
+    on_result = on_result or (lambda r: None)
+    if workers > 1:
+        return _run_processes(pipe, subjects, cache, workers, force, progress, on_result)
+    results: dict[str, SubjectResult] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="downstream") as pool:
+        pending = []
+        for subj in subjects:
+            res, plan = start_subject(pipe, subj, cache, force=force, progress=progress)
+            if plan is None or res.status != "ok":
+                results[subj.id] = res
+                on_result(res)
+                continue
+            fut = pool.submit(finish_subject, pipe, subj, cache, plan, res, progress=progress)
+            fut.add_done_callback(lambda f: on_result(f.result()))
+            pending.append((subj.id, fut))
+        for sid, fut in pending:
+            results[sid] = fut.result()
+    return [results[s.id] for s in subjects]
+
+
+def _worker(args: tuple) -> SubjectResult:
+    pipe, subj, cache, force, queue = args
+    environment_threads()
+
+    def progress(*msg: Any) -> None:
+        if queue is not None:
+            queue.put(msg)
+
+    return build_subject(pipe, subj, cache, force=force, progress=progress)
+
+
+def _run_processes(pipe: Pipeline, subjects: list[Subject], cache: str | Path, workers: int, force: tuple,
+                   progress: ProgressFn | None, on_result: Callable[[SubjectResult], None]) -> list[SubjectResult]:
+    import multiprocessing as mp
+    import threading
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")
+    results: dict[str, SubjectResult] = {}
+    with ctx.Manager() as manager:
+        queue = manager.Queue() if progress else None
+        stop = threading.Event()
+
+        def pump() -> None:
+            while not stop.is_set():
+                try:
+                    msg = queue.get(timeout=0.2)
+                except Exception:
+                    continue
+                progress(*msg)
+
+        th = threading.Thread(target=pump, daemon=True)
+        if queue is not None:
+            th.start()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+            futs = {ex.submit(_worker, (pipe, s, str(cache), force, queue)): s for s in subjects}
+            for fut in as_completed(futs):
+                subj = futs[fut]
+                try:
+                    res = fut.result()
+                except (BrokenProcessPool, Exception) as exc:  # a worker that died is a failure, never a gap
+                    res = SubjectResult(subj.id, status="failed", failed_stage="worker",
+                                        error=f"subject {subj.id}: worker process died ({type(exc).__name__}: {exc})")
+                results[subj.id] = res
+                on_result(res)
+        stop.set()
+    return [results[s.id] for s in subjects]
+
+
+def write_manifest(cache: str | Path, pipe: Pipeline, root: str | Path, results: list[SubjectResult]) -> Path:
+    """Record a build: config, root, and per subject its status, error, notes and node keys.
+
+    Subjects of an earlier build of the same pipeline and root that were not rebuilt now are kept.
+    """
+    path = manifest_path(cache, pipe.dataset, pipe.name)
+    root = str(Path(root).resolve())
+    subjects: dict[str, Any] = {}
+    try:
+        old = json.loads(path.read_text())
+        if old.get("root") == root:
+            subjects.update(old.get("subjects", {}))
+    except (FileNotFoundError, ValueError):
+        pass
+    for r in results:
+        subjects[r.subject] = {
+            "status": r.status, "failed_stage": r.failed_stage, "error": r.error, "frames": r.frames,
+            "seconds": round(r.seconds, 3), "bytes": r.bytes, "notes": r.notes, "nodes": r.nodes, "ran": r.ran,
+        }
+    write_json_atomic(path, {
+        "pipeline": pipe.name, "dataset": pipe.dataset, "root": root, "rppg_prep": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": pipe.config(), "subjects": subjects,
+    })
+    return path
 
 
 def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict[str, Any]]:

@@ -52,7 +52,7 @@ class FaceParams:
     enlarge: float = 1.2
     shift_up: float = 0.0
     center_sigma_s: float = 0.1
-    size_sigma_s: float = 0.5
+    size_sigma_s: float = 0.3
     max_gap_s: float = 0.5
 
     def __post_init__(self) -> None:
