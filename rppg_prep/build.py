@@ -31,7 +31,7 @@ import yaml
 
 from rppg_prep import __version__
 from rppg_prep.datasets import Subject, get_loader
-from rppg_prep.errors import ConfigError, FaceNotFoundError, RppgPrepError, StoreError
+from rppg_prep.errors import ConfigError, FaceNotFoundError, RppgPrepError, VideoDecodeError
 from rppg_prep.stage import Stage, canonical_json, node_key, params_from_dict
 from rppg_prep.stages import clips, decode, face, labels, landmarks, st_map
 from rppg_prep.store import (NodeWriter, fingerprint, manifest_path, node_exists, node_path, open_node,
@@ -145,7 +145,7 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
     """
     cache = Path(cache)
     if not subject.video.exists():
-        raise decode.VideoDecodeError("video file is missing", subject=subject.id, path=subject.video)
+        raise VideoDecodeError("video file is missing", subject=subject.id, path=subject.video)
     files = {"decode": {"video": fingerprint(subject.video, cache)}, "labels": _truth_files(subject, cache)}
     keys: dict[str, str] = {}
     plan = {}
@@ -206,6 +206,7 @@ def _video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res
     info = decode.probe(subject.video, subject=subject.id)
     lp, fp = pipe.params["landmarks"], pipe.params["face"]
     writers: list[NodeWriter] = []
+    pools: list[ThreadPoolExecutor] = []
     try:
         stored = None if need["landmarks"] else open_node(plan["landmarks"].path)
         detector = landmarks.make_detector(lp) if need["landmarks"] else None
@@ -240,6 +241,16 @@ def _video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res
                     app.add(out[k])
                 valid_parts.append(out["valid"])
 
+        # cropping and compressing run on a second thread while this one waits on MediaPipe
+        crop_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crop")
+        in_flight: list = []
+        pools.append(crop_pool)
+
+        def crop_async(raw: np.ndarray, frames: np.ndarray) -> None:
+            in_flight.append(crop_pool.submit(lambda: emit(tracker.push(raw, frames))))
+            while len(in_flight) > 2:
+                in_flight.pop(0).result()
+
         times = []
         total = max(info.n_frames, 1)
         for batch in decode.iter_frames(subject.video, batch_frames=BATCH_FRAMES, subject=subject.id):
@@ -259,10 +270,14 @@ def _video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res
                     sl = slice(batch.start, batch.start + b)
                     lm, det = stored["landmarks"][sl], stored["detected"][sl]
                 if need["face"]:
-                    emit(tracker.push(face.raw_boxes(lm, det), batch.frames))
+                    crop_async(face.raw_boxes(lm, det), batch.frames)
             progress(subject.id, "face" if need["face"] else "decode", batch.start + b, total)
         if detector is not None:
             detector.close()
+        if need["face"]:
+            for fut in in_flight:
+                fut.result()
+            crop_pool.shutdown()
         t_s, n_filled = decode.repair_times(np.concatenate(times), info.fps)
         n = len(t_s)
         res.frames = n
@@ -300,6 +315,8 @@ def _video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res
             fc_w.commit()
             res.ran.append("face")
     except BaseException:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
         for w in writers:
             w.abort()
         raise
@@ -456,6 +473,8 @@ class _recording:
             return False
         res = self.res
         res.status, res.failed_stage = "failed", res.failed_stage or self.stage
+        if isinstance(exc, VideoDecodeError):
+            res.failed_stage = "decode"
         if isinstance(exc, RppgPrepError):
             res.error = str(exc)
         else:  # an unexpected bug still must not take the other subjects down
@@ -598,9 +617,19 @@ def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict
 
 
 def environment_threads() -> None:
-    """One compute thread per process: threads fight on small machines (see dependencies.md)."""
+    """One compute thread per library per process: threads fight on small machines (dependencies.md).
+
+    Also caps glibc's malloc arenas at 2: every thread otherwise gets its own arena, and the freed
+    frame buffers they keep raised peak RSS by ~90 MB in a one-process build.
+    """
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     import cv2
 
     cv2.setNumThreads(1)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass

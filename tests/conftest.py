@@ -36,3 +36,28 @@ def require_real_data() -> Path:
 def real_data() -> Path:
     """Path of the real test data; skip (fail on CI) when it is absent."""
     return require_real_data()
+
+
+def video_frame_count(path: Path) -> int:
+    """Frames OpenCV decodes from ``path`` (counted, not the container's estimate)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.grab():
+        n += 1
+    cap.release()
+    return n
+
+
+@pytest.fixture(scope="session")
+def real_build(tmp_path_factory, real_data):
+    """The 8 real UBFC-rPPG subjects built once through the CLI: (root, cache, CliRunner result)."""
+    from click.testing import CliRunner
+
+    from rppg_prep.cli import main
+
+    root = real_data / "ubfc-rppg"
+    cache = tmp_path_factory.mktemp("real_cache")
+    result = CliRunner().invoke(main, ["build", "ubfc", "--root", str(root), "--cache", str(cache)])
+    return root, cache, result

@@ -1,0 +1,224 @@
+"""Throughput, memory and store size of `rppg-prep build ubfc` on real UBFC-rPPG videos.
+
+Run by hand, never from the test suite (it takes ~3-4 min on 2 cores)::
+
+    .venv/bin/python benchmarks/preprocess.py [--data DIR] [--keep] [--workers-also 2]
+
+DIR holds subject*/vid.mp4 + ground_truth.txt (default ``$RPPG_TEST_DATA/ubfc-rppg``, else
+``<repo>/../shared/data/ubfc-rppg``). The videos are read in place; every cache, log and cut video
+goes to a temp dir that is deleted at the end unless ``--keep``. Each build is the real CLI run as
+its own subprocess with a fresh cache; its peak RSS comes from ``os.wait4`` (``ru_maxrss``).
+
+Numbers (printed as a markdown table, saved to ``benchmarks/results/preprocess-<date>.json``):
+
+- decode_fps            frames/s: OpenCV FFmpeg (1 decoder thread) read + BGR->RGB of every frame, one process
+- build_fps             frames/s: manifest frames / wall s of ``build --workers 1``, all subjects, fresh cache
+- build_over_decode     build_fps / decode_fps (1.0 would mean the build costs no more than decoding)
+- build_peak_rss_mib    MiB: peak RSS of that build process (ru_maxrss, KiB / 1024)
+- store_bytes_per_frame bytes/frame: apparent size of all files under CACHE/ubfc.zarr / frames
+  (also ``store_disk_bytes_per_frame``: allocated blocks, as ``du``), and per stage ``<stage>-*`` nodes
+- cut_* / full_*        peak RSS (MiB) of subject11 cut to its first 20 s (FFV1 lossless AVI, source fps,
+  first N ground-truth samples) vs the full ~68-s subject11, each built alone; rss_ratio = full / cut
+- workersN_*            with ``--workers-also N``: the same full build with N worker processes;
+  ``peak_rss_mib`` is the largest single process of the tree (wait4 reports the max, not the sum),
+  ``tree_rss_sum_mib`` the peak of the summed RSS of all its processes, sampled every 0.1 s (psutil;
+  shared pages are counted once per process)
+- load_*                1-min load average before / after each step (other work on the machine skews times)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).parent / "rppg-prep"
+CUT_S, CUT_SUBJECT = 20.0, "subject11"
+
+
+def step(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}  (load {os.getloadavg()[0]:.2f})", flush=True)
+
+
+def decode_fps(videos: list[Path]) -> dict:
+    """Decode every frame like the pipeline's decode stage (RGB out), in this process."""
+    cv2.setNumThreads(1)
+    n, t0 = 0, time.perf_counter()
+    for v in videos:
+        cap = cv2.VideoCapture(str(v), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            n += 1
+        cap.release()
+    dt = time.perf_counter() - t0
+    return {"frames": n, "wall_s": round(dt, 2), "fps": round(n / dt, 1)}
+
+
+def build(root: Path, cache: Path, *, subjects: str | None = None, workers: int = 1) -> dict:
+    """Run the CLI build as a child process; wall time, peak RSS (wait4) and manifest totals."""
+    cmd = [str(CLI), "build", "ubfc", "--root", str(root), "--cache", str(cache), "--workers", str(workers)]
+    cmd += ["--subjects", subjects] if subjects else []
+    log = cache.with_suffix(".log")
+    load0 = os.getloadavg()[0]
+    with open(log, "w") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        tree_peak, done = [0], threading.Event()
+
+        def sample() -> None:  # summed RSS of the process tree (matters with worker processes)
+            while not done.wait(0.1):
+                try:
+                    p = psutil.Process(proc.pid)
+                    tree_peak[0] = max(tree_peak[0], sum(c.memory_info().rss for c in [p, *p.children(True)]))
+                except psutil.Error:
+                    pass
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        done.set()
+        th.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        print(f"!! build exited {proc.returncode}; log {log}:\n" + log.read_text()[-4000:], file=sys.stderr)
+    man = json.loads((cache / "ubfc.builds" / "ubfc.json").read_text())["subjects"]
+    frames = sum(s["frames"] for s in man.values())
+    failed = {k: s["error"] for k, s in man.items() if s["status"] != "ok"}
+    return {"exit_code": proc.returncode, "failed": failed, "subjects": len(man), "frames": frames,
+            "manifest_bytes": sum(s["bytes"] for s in man.values()), "wall_s": round(wall, 2),
+            "fps": round(frames / wall, 1), "peak_rss_mib": round(ru.ru_maxrss / 1024, 1),
+            "tree_rss_sum_mib": round(tree_peak[0] / 2**20, 1), "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
+            "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2)}
+
+
+def store_sizes(cache: Path, frames: int) -> dict:
+    """Apparent and allocated bytes of the whole store, and apparent bytes per stage, per frame."""
+    store = cache / "ubfc.zarr"
+    files = [f for f in store.rglob("*") if f.is_file()]
+    per_stage: dict[str, int] = {}
+    for f in files:
+        rel = f.relative_to(store).parts
+        if len(rel) > 2:  # <subject>/<stage>-<key12>/...
+            stage = rel[1].rsplit("-", 1)[0]
+            per_stage[stage] = per_stage.get(stage, 0) + f.stat().st_size
+    total = sum(f.stat().st_size for f in files)
+    disk = sum(f.stat().st_blocks * 512 for f in files)
+    return {"store_bytes": total, "store_disk_bytes": disk, "store_files": len(files),
+            "store_bytes_per_frame": round(total / frames), "store_disk_bytes_per_frame": round(disk / frames),
+            "stage_bytes_per_frame": {s: round(b / frames) for s, b in sorted(per_stage.items())}}
+
+
+def make_cut(src: Path, dst: Path) -> dict:
+    """First CUT_S seconds of src/vid.mp4 as lossless FFV1 AVI + the first N ground-truth samples."""
+    dst.mkdir(parents=True)
+    cap = cv2.VideoCapture(str(src / "vid.mp4"), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    n = int(round(CUT_S * fps))
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    out = cv2.VideoWriter(str(dst / "vid.avi"), cv2.VideoWriter_fourcc(*"FFV1"), fps, size)
+    written = 0
+    while written < n:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        out.write(bgr)
+        written += 1
+    cap.release()
+    out.release()
+    lines = (src / "ground_truth.txt").read_text().split("\n")[:3]
+    (dst / "ground_truth.txt").write_text("\n".join(" ".join(ln.split()[:written]) for ln in lines) + "\n")
+    return {"codec": "FFV1 (lossless) in AVI", "fps": round(fps, 3), "frames": written,
+            "seconds": round(written / fps, 2), "file_bytes": (dst / "vid.avi").stat().st_size}
+
+
+def machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu_model": cpu,
+            "mem_total_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+            "opencv": cv2.__version__, "platform": platform.platform(), "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": git("status", "--porcelain", "--untracked-files=no").splitlines(),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main() -> None:
+    env_data = os.environ.get("RPPG_TEST_DATA")
+    default = Path(env_data) / "ubfc-rppg" if env_data else REPO.parent / "shared" / "data" / "ubfc-rppg"
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=default, help=f"UBFC-rPPG root (default {default})")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (caches, logs, cut video)")
+    ap.add_argument("--workers-also", "--workers", dest="workers_also", type=int, metavar="N",
+                    help="also time a full build with N worker processes")
+    args = ap.parse_args()
+    videos = sorted(args.data.glob("subject*/vid.mp4"))
+    if not videos:
+        sys.exit(f"no subject*/vid.mp4 under {args.data}")
+    tmp = Path(tempfile.mkdtemp(prefix="rppg-bench-"))
+    r: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "data": str(args.data.resolve()),
+               "machine": machine(), "tmp": str(tmp)}
+    try:
+        step(f"1/4 pure decode of {len(videos)} videos")
+        r["decode"] = decode_fps(videos)
+        step(f"2/4 full build, 1 process, {len(videos)} subjects (~90 s)")
+        r["build"] = build(args.data, tmp / "full")
+        r["store"] = store_sizes(tmp / "full", r["build"]["frames"])
+        r["build_over_decode"] = round(r["build"]["fps"] / r["decode"]["fps"], 3)
+        step(f"3/4 {CUT_SUBJECT}: first {CUT_S:.0f} s vs full, each built alone")
+        r["cut"] = make_cut(args.data / CUT_SUBJECT, tmp / "cutroot" / f"{CUT_SUBJECT}cut")
+        r["cut_build"] = build(tmp / "cutroot", tmp / "cut")
+        r["full_build"] = build(args.data, tmp / "one", subjects=CUT_SUBJECT)
+        r["rss_ratio_full_over_cut"] = round(r["full_build"]["peak_rss_mib"] / r["cut_build"]["peak_rss_mib"], 3)
+        if args.workers_also:
+            step(f"4/4 full build with --workers {args.workers_also}")
+            r[f"workers{args.workers_also}_build"] = build(args.data, tmp / f"w{args.workers_also}",
+                                                           workers=args.workers_also)
+        r["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    b, s, c, f = r["build"], r["store"], r["cut_build"], r["full_build"]
+    rows = [("pure decode (frames/s)", r["decode"]["fps"]),
+            ("build, 1 process (frames/s)", f"{b['fps']} ({b['frames']} frames in {b['wall_s']} s)"),
+            ("build / decode", r["build_over_decode"]),
+            ("build peak RSS (MiB)", b["peak_rss_mib"]),
+            ("store (bytes/frame)", f"{s['store_bytes_per_frame']} (on disk {s['store_disk_bytes_per_frame']})"),
+            *[(f"  {k} (bytes/frame)", v) for k, v in s["stage_bytes_per_frame"].items()],
+            (f"peak RSS, {CUT_SUBJECT} first {c['frames']} frames (MiB)", c["peak_rss_mib"]),
+            (f"peak RSS, {CUT_SUBJECT} full {f['frames']} frames (MiB)", f["peak_rss_mib"]),
+            ("RSS full / cut", r["rss_ratio_full_over_cut"])]
+    if args.workers_also:
+        w = r[f"workers{args.workers_also}_build"]
+        rows += [(f"build, {args.workers_also} processes (frames/s)", w["fps"]),
+                 (f"  max single-process / summed tree RSS (MiB)", f"{w['peak_rss_mib']} / {w['tree_rss_sum_mib']}")]
+    for name in ("build", "cut_build", "full_build", f"workers{args.workers_also}_build"):
+        if r.get(name, {}).get("failed") or r.get(name, {}).get("exit_code"):
+            rows.append((f"FAILED in {name}", r[name]["failed"] or f"exit {r[name]['exit_code']}"))
+    rows.append(("load average 1 min (start -> end)",
+                 f"{r['machine']['loadavg_start'][0]} -> {r['machine']['loadavg_end'][0]}"))
+    print("\n| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows))
+    out = REPO / "benchmarks" / "results" / f"preprocess-{datetime.date.today().isoformat()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2) + "\n")
+    print(f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    main()
