@@ -20,7 +20,10 @@ DEFAULT_CACHE = "cache"
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # logs and CI: don't fold the summary table to 80 columns
+    return console
 
 
 def _split(values: tuple[str, ...]) -> list[str]:

@@ -158,26 +158,32 @@ class FaceTracker:
         self.sig_s = params.size_sigma_s * fps
         self.gap = max(1, int(round(params.max_gap_s * fps)))
         self.k = max(self.gap, int(math.ceil(3.0 * max(self.sig_c, self.sig_s))))
-        self.raw = np.full((0, 4), np.nan)
+        self.raw = np.full((0, 4), np.nan)   # raw boxes of frames base, base+1, ...
+        self.base = 0
+        self.n_seen = 0
         self.pending: deque[np.ndarray] = deque()
         self.next_out = 0
         self.hold: tuple[float, float, float] | None = None
 
     def push(self, raw: np.ndarray, frames: np.ndarray) -> dict[str, np.ndarray] | None:
         """Add a batch: raw boxes (B, 4) from :func:`raw_boxes` and RGB frames (B, H, W, 3)."""
-        self.raw = np.concatenate([self.raw, raw])
+        # keep only the raw boxes still inside some pending frame's window: memory stays flat
+        drop = max(0, self.next_out - self.k - self.base)
+        self.raw = np.concatenate([self.raw[drop:], raw])
+        self.base += drop
+        self.n_seen += len(raw)
         self.pending.extend(frames)
-        return self._emit(len(self.raw) - self.k, final=False)
+        return self._emit(self.n_seen - self.k)
 
     def flush(self) -> dict[str, np.ndarray] | None:
         """Emit every remaining frame (the end of the video is known now)."""
-        return self._emit(len(self.raw), final=True)
+        return self._emit(self.n_seen)
 
-    def _box(self, t: int, n_known: int) -> tuple[tuple[float, float, float], bool]:
-        lo, hi = max(0, t - self.k), min(n_known, t + self.k + 1)
-        win = self.raw[lo:hi]
+    def _box(self, t: int) -> tuple[tuple[float, float, float], bool]:
+        lo, hi = max(0, t - self.k), min(self.n_seen, t + self.k + 1)
+        win = self.raw[lo - self.base:hi - self.base]
         ok = np.isfinite(win[:, 0])
-        det_t = bool(np.isfinite(self.raw[t, 0]))
+        det_t = bool(np.isfinite(self.raw[t - self.base, 0]))
         if not ok.any():
             if self.hold is None:
                 h, w = self.hw
@@ -202,12 +208,11 @@ class FaceTracker:
             valid = before.size > 0 and after.size > 0
         return (cx, cy, side), valid
 
-    def _emit(self, upto: int, final: bool) -> dict[str, np.ndarray] | None:
-        n_known = len(self.raw)
+    def _emit(self, upto: int) -> dict[str, np.ndarray] | None:
         out_frames, boxes, valid = [], [], []
         while self.next_out < upto:
             t = self.next_out
-            (cx, cy, side), ok = self._box(t, n_known)
+            (cx, cy, side), ok = self._box(t)
             self.hold = (cx, cy, side)
             s = max(2, int(round(side)))
             x0, y0 = int(round(cx - s / 2.0)), int(round(cy - s / 2.0))
