@@ -18,12 +18,14 @@ Numbers (printed as a markdown table, saved to ``benchmarks/results/preprocess-<
 - store_bytes_per_frame bytes/frame: apparent size of all files under CACHE/ubfc.zarr / frames
   (also ``store_disk_bytes_per_frame``: allocated blocks, as ``du``), and per stage ``<stage>-*`` nodes
 - cut_* / full_*        peak RSS (MiB) of subject11 cut to its first 20 s (FFV1 lossless AVI, source fps,
-  first N ground-truth samples) vs the full ~68-s subject11, each built alone; rss_ratio = full / cut
+  first N ground-truth samples) vs the full ~68-s subject11, each built alone; rss_ratio = full / cut;
+  ffv1_full_* is the whole subject11 re-encoded to FFV1 too (control: same codec as the cut)
 - workersN_*            with ``--workers-also N``: the same full build with N worker processes;
   ``peak_rss_mib`` is the largest single process of the tree (wait4 reports the max, not the sum),
   ``tree_rss_sum_mib`` the peak of the summed RSS of all its processes, sampled every 0.1 s (psutil;
   shared pages are counted once per process)
-- load_*                1-min load average before / after each step (other work on the machine skews times)
+- cpu_s / other_cpu_s   CPU s (user+sys) of the build's process tree / busy CPU s of everything else on
+  the machine during it (/proc/stat); load_* the 1-min load average before / after each step
 """
 
 from __future__ import annotations
@@ -70,12 +72,18 @@ def decode_fps(videos: list[Path]) -> dict:
     return {"frames": n, "wall_s": round(dt, 2), "fps": round(n / dt, 1)}
 
 
+def cpu_busy_s() -> float:
+    """Machine-wide busy CPU seconds so far (all cores, /proc/stat: everything but idle and iowait)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def build(root: Path, cache: Path, *, subjects: str | None = None, workers: int = 1) -> dict:
     """Run the CLI build as a child process; wall time, peak RSS (wait4) and manifest totals."""
     cmd = [str(CLI), "build", "ubfc", "--root", str(root), "--cache", str(cache), "--workers", str(workers)]
     cmd += ["--subjects", subjects] if subjects else []
     log = cache.with_suffix(".log")
-    load0 = os.getloadavg()[0]
+    load0, busy0 = os.getloadavg()[0], cpu_busy_s()
     with open(log, "w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
@@ -92,19 +100,21 @@ def build(root: Path, cache: Path, *, subjects: str | None = None, workers: int 
         th = threading.Thread(target=sample, daemon=True)
         th.start()
         _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
+        wall, busy = time.perf_counter() - t0, cpu_busy_s() - busy0
         done.set()
         th.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         print(f"!! build exited {proc.returncode}; log {log}:\n" + log.read_text()[-4000:], file=sys.stderr)
+    cpu = ru.ru_utime + ru.ru_stime
     man = json.loads((cache / "ubfc.builds" / "ubfc.json").read_text())["subjects"]
     frames = sum(s["frames"] for s in man.values())
     failed = {k: s["error"] for k, s in man.items() if s["status"] != "ok"}
     return {"exit_code": proc.returncode, "failed": failed, "subjects": len(man), "frames": frames,
             "manifest_bytes": sum(s["bytes"] for s in man.values()), "wall_s": round(wall, 2),
             "fps": round(frames / wall, 1), "peak_rss_mib": round(ru.ru_maxrss / 1024, 1),
-            "tree_rss_sum_mib": round(tree_peak[0] / 2**20, 1), "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
+            "tree_rss_sum_mib": round(tree_peak[0] / 2**20, 1), "cpu_s": round(cpu, 1),
+            "other_cpu_s": round(busy - cpu, 1),
             "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
@@ -125,12 +135,12 @@ def store_sizes(cache: Path, frames: int) -> dict:
             "stage_bytes_per_frame": {s: round(b / frames) for s, b in sorted(per_stage.items())}}
 
 
-def make_cut(src: Path, dst: Path) -> dict:
-    """First CUT_S seconds of src/vid.mp4 as lossless FFV1 AVI + the first N ground-truth samples."""
+def make_cut(src: Path, dst: Path, seconds: float = CUT_S) -> dict:
+    """First ``seconds`` of src/vid.mp4 as lossless FFV1 AVI + the first N ground-truth samples."""
     dst.mkdir(parents=True)
     cap = cv2.VideoCapture(str(src / "vid.mp4"), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     fps = cap.get(cv2.CAP_PROP_FPS)
-    n = int(round(CUT_S * fps))
+    n = int(round(seconds * fps))
     size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     out = cv2.VideoWriter(str(dst / "vid.avi"), cv2.VideoWriter_fourcc(*"FFV1"), fps, size)
     written = 0
@@ -185,6 +195,8 @@ def main() -> None:
         r["cut"] = make_cut(args.data / CUT_SUBJECT, tmp / "cutroot" / f"{CUT_SUBJECT}cut")
         r["cut_build"] = build(tmp / "cutroot", tmp / "cut")
         r["full_build"] = build(args.data, tmp / "one", subjects=CUT_SUBJECT)
+        r["ffv1_full"] = make_cut(args.data / CUT_SUBJECT, tmp / "ffv1root" / f"{CUT_SUBJECT}ffv1", 1e9)
+        r["ffv1_full_build"] = build(tmp / "ffv1root", tmp / "ffv1")
         r["rss_ratio_full_over_cut"] = round(r["full_build"]["peak_rss_mib"] / r["cut_build"]["peak_rss_mib"], 3)
         if args.workers_also:
             step(f"4/4 full build with --workers {args.workers_also}")
@@ -203,12 +215,15 @@ def main() -> None:
             *[(f"  {k} (bytes/frame)", v) for k, v in s["stage_bytes_per_frame"].items()],
             (f"peak RSS, {CUT_SUBJECT} first {c['frames']} frames (MiB)", c["peak_rss_mib"]),
             (f"peak RSS, {CUT_SUBJECT} full {f['frames']} frames (MiB)", f["peak_rss_mib"]),
+            ("  same, full length re-encoded FFV1 like the cut (MiB)", r["ffv1_full_build"]["peak_rss_mib"]),
             ("RSS full / cut", r["rss_ratio_full_over_cut"])]
     if args.workers_also:
         w = r[f"workers{args.workers_also}_build"]
         rows += [(f"build, {args.workers_also} processes (frames/s)", w["fps"]),
                  (f"  max single-process / summed tree RSS (MiB)", f"{w['peak_rss_mib']} / {w['tree_rss_sum_mib']}")]
-    for name in ("build", "cut_build", "full_build", f"workers{args.workers_also}_build"):
+    rows.insert(2, ("  CPU s of the build / of everything else on the machine meanwhile",
+                    f"{b['cpu_s']} / {b['other_cpu_s']}"))
+    for name in ("build", "cut_build", "full_build", "ffv1_full_build", f"workers{args.workers_also}_build"):
         if r.get(name, {}).get("failed") or r.get(name, {}).get("exit_code"):
             rows.append((f"FAILED in {name}", r[name]["failed"] or f"exit {r[name]['exit_code']}"))
     rows.append(("load average 1 min (start -> end)",
