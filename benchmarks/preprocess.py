@@ -18,8 +18,8 @@ Numbers (printed as a markdown table, saved to ``benchmarks/results/preprocess-<
 - store_bytes_per_frame bytes/frame: apparent size of all files under CACHE/ubfc.zarr / frames
   (also ``store_disk_bytes_per_frame``: allocated blocks, as ``du``), and per stage ``<stage>-*`` nodes
 - cut_* / full_*        peak RSS (MiB) of subject11 cut to its first 20 s (FFV1 lossless AVI, source fps,
-  first N ground-truth samples) vs the full ~68-s subject11, each built alone; rss_ratio = full / cut;
-  ffv1_full_* is the whole subject11 re-encoded to FFV1 too (control: same codec as the cut)
+  first N ground-truth samples) vs the full ~68-s subject11 (H.264), each built alone; ffv1_full_* is
+  the whole subject11 re-encoded to FFV1 too (same codec as the cut); rss_ratio_* = full / cut
 - workersN_*            with ``--workers-also N``: the same full build with N worker processes;
   ``peak_rss_mib`` is the largest single process of the tree (wait4 reports the max, not the sum),
   ``tree_rss_sum_mib`` the peak of the summed RSS of all its processes, sampled every 0.1 s (psutil;
@@ -169,6 +169,33 @@ def machine() -> dict:
             "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def table(r: dict, workers: int | None) -> str:
+    """The results as a markdown table (RSS in MiB and, for the 500-MB target, decimal MB)."""
+    b, s, c, f, v = r["build"], r["store"], r["cut_build"], r["full_build"], r["ffv1_full_build"]
+    mem = lambda x: f"{x['peak_rss_mib']} MiB ({x['peak_rss_mib'] * 2**20 / 1e6:.0f} MB)"
+    rows = [("pure decode (frames/s)", r["decode"]["fps"]),
+            ("build, 1 process (frames/s)", f"{b['fps']} ({b['frames']} frames in {b['wall_s']} s)"),
+            ("  CPU s: build / rest of the machine meanwhile", f"{b['cpu_s']} / {b['other_cpu_s']}"),
+            ("build / decode", r["build_over_decode"]),
+            ("build peak RSS", mem(b)),
+            ("store (bytes/frame)", f"{s['store_bytes_per_frame']} (on disk {s['store_disk_bytes_per_frame']})"),
+            *[(f"  {k} (bytes/frame)", n) for k, n in s["stage_bytes_per_frame"].items()],
+            (f"peak RSS, {CUT_SUBJECT} first {c['frames']} frames (FFV1)", mem(c)),
+            (f"peak RSS, {CUT_SUBJECT} all {f['frames']} frames (H.264 source)", mem(f)),
+            (f"peak RSS, {CUT_SUBJECT} all {v['frames']} frames re-encoded FFV1", mem(v)),
+            ("RSS full / cut: H.264, FFV1", f"{r['rss_ratio_full_over_cut']}, {r['rss_ratio_ffv1_full_over_cut']}")]
+    if workers:
+        w = r[f"workers{workers}_build"]
+        rows += [(f"build, {workers} processes (frames/s)", w["fps"]),
+                 ("  RSS max single process / summed tree (MiB)", f"{w['peak_rss_mib']} / {w['tree_rss_sum_mib']}")]
+    for name in ("build", "cut_build", "full_build", "ffv1_full_build", f"workers{workers}_build"):
+        if r.get(name, {}).get("failed") or r.get(name, {}).get("exit_code"):
+            rows.append((f"FAILED in {name}", r[name]["failed"] or f"exit {r[name]['exit_code']}"))
+    rows.append(("load average 1 min (start -> end)",
+                 f"{r['machine']['loadavg_start'][0]} -> {r['machine']['loadavg_end'][0]}"))
+    return "\n| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
 def main() -> None:
     env_data = os.environ.get("RPPG_TEST_DATA")
     default = Path(env_data) / "ubfc-rppg" if env_data else REPO.parent / "shared" / "data" / "ubfc-rppg"
@@ -197,7 +224,8 @@ def main() -> None:
         r["full_build"] = build(args.data, tmp / "one", subjects=CUT_SUBJECT)
         r["ffv1_full"] = make_cut(args.data / CUT_SUBJECT, tmp / "ffv1root" / f"{CUT_SUBJECT}ffv1", 1e9)
         r["ffv1_full_build"] = build(tmp / "ffv1root", tmp / "ffv1")
-        r["rss_ratio_full_over_cut"] = round(r["full_build"]["peak_rss_mib"] / r["cut_build"]["peak_rss_mib"], 3)
+        for k in ("full", "ffv1_full"):
+            r[f"rss_ratio_{k}_over_cut"] = round(r[f"{k}_build"]["peak_rss_mib"] / r["cut_build"]["peak_rss_mib"], 3)
         if args.workers_also:
             step(f"4/4 full build with --workers {args.workers_also}")
             r[f"workers{args.workers_also}_build"] = build(args.data, tmp / f"w{args.workers_also}",
@@ -206,29 +234,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    b, s, c, f = r["build"], r["store"], r["cut_build"], r["full_build"]
-    rows = [("pure decode (frames/s)", r["decode"]["fps"]),
-            ("build, 1 process (frames/s)", f"{b['fps']} ({b['frames']} frames in {b['wall_s']} s)"),
-            ("build / decode", r["build_over_decode"]),
-            ("build peak RSS (MiB)", b["peak_rss_mib"]),
-            ("store (bytes/frame)", f"{s['store_bytes_per_frame']} (on disk {s['store_disk_bytes_per_frame']})"),
-            *[(f"  {k} (bytes/frame)", v) for k, v in s["stage_bytes_per_frame"].items()],
-            (f"peak RSS, {CUT_SUBJECT} first {c['frames']} frames (MiB)", c["peak_rss_mib"]),
-            (f"peak RSS, {CUT_SUBJECT} full {f['frames']} frames (MiB)", f["peak_rss_mib"]),
-            ("  same, full length re-encoded FFV1 like the cut (MiB)", r["ffv1_full_build"]["peak_rss_mib"]),
-            ("RSS full / cut", r["rss_ratio_full_over_cut"])]
-    if args.workers_also:
-        w = r[f"workers{args.workers_also}_build"]
-        rows += [(f"build, {args.workers_also} processes (frames/s)", w["fps"]),
-                 (f"  max single-process / summed tree RSS (MiB)", f"{w['peak_rss_mib']} / {w['tree_rss_sum_mib']}")]
-    rows.insert(2, ("  CPU s of the build / of everything else on the machine meanwhile",
-                    f"{b['cpu_s']} / {b['other_cpu_s']}"))
-    for name in ("build", "cut_build", "full_build", "ffv1_full_build", f"workers{args.workers_also}_build"):
-        if r.get(name, {}).get("failed") or r.get(name, {}).get("exit_code"):
-            rows.append((f"FAILED in {name}", r[name]["failed"] or f"exit {r[name]['exit_code']}"))
-    rows.append(("load average 1 min (start -> end)",
-                 f"{r['machine']['loadavg_start'][0]} -> {r['machine']['loadavg_end'][0]}"))
-    print("\n| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows))
+    print(table(r, args.workers_also))
     out = REPO / "benchmarks" / "results" / f"preprocess-{datetime.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2) + "\n")
