@@ -37,8 +37,8 @@ from rppg_prep.stages import clips, decode, face, labels, landmarks, st_map
 from rppg_prep.store import (NodeWriter, fingerprint, manifest_path, node_exists, node_path, open_node,
                              write_json_atomic)
 
-__all__ = ["Pipeline", "load_pipeline", "plan_subject", "build_subject", "run_build", "write_manifest",
-           "open_build", "SubjectResult", "STAGES", "ORDER"]
+__all__ = ["Pipeline", "load_pipeline", "plan_subject", "video_pass", "RUNNERS", "open_build", "SubjectResult",
+           "NodePlan", "STAGES", "ORDER", "environment_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class NodePlan:
     key: str
     path: Path
     fresh: bool
+    force: bool = False
 
 
 @dataclass
@@ -125,6 +126,8 @@ class SubjectResult:
     ran: list[str] = field(default_factory=list)
     nodes: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    traceback: list[str] = field(default_factory=list)
+    input_file: str | None = None
 
 
 def _truth_files(subject: Subject, cache: Path) -> dict[str, str]:
@@ -199,7 +202,7 @@ def _gaps(valid: np.ndarray, t_s: np.ndarray) -> list[tuple[float, float]]:
     return [(float(t_s[a]), float(t_s[b - 1] - t_s[a] + dt)) for a, b in zip(starts, stops)]
 
 
-def _video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,
+def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,
                 progress: ProgressFn) -> None:
     """Stream the video once and write whichever of decode / landmarks / face are missing."""
     need = {s: not plan[s].fresh for s in ("decode", "landmarks", "face")}
@@ -213,7 +216,8 @@ def _video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res
         n_lm = landmarks.N_LANDMARKS[lp.backend]
         if need["landmarks"]:
             lm_w = NodeWriter(plan["landmarks"].path, _attrs(pipe, subject, plan["landmarks"], plan,
-                                                            n_landmarks=n_lm, backend=lp.backend))
+                                                            n_landmarks=n_lm, backend=lp.backend),
+                              replace=plan["landmarks"].force)
             writers.append(lm_w)
             lm_w.create("landmarks", shape=(0, n_lm, 2), dtype="float32", chunks=(256, n_lm, 2), unit="px",
                         axes=("frame", "landmark", "xy"), doc="landmarks in the source frame, NaN = no face",
@@ -223,7 +227,7 @@ def _video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res
             lm_app, det_app = _Appender(lm_w, "landmarks", 256), _Appender(lm_w, "detected", 4096)
         if need["face"]:
             s = fp.size_px
-            fc_w = NodeWriter(plan["face"].path, _attrs(pipe, subject, plan["face"], plan))
+            fc_w = NodeWriter(plan["face"].path, _attrs(pipe, subject, plan["face"], plan), replace=plan["face"].force)
             writers.append(fc_w)
             fc_w.create("frames", shape=(0, s, s, 3), dtype="uint8", chunks=(FRAME_CHUNK, s, s, 3),
                         axes=("frame", "y", "x", "channel"), doc="stabilised RGB face crops")
@@ -287,7 +291,8 @@ def _video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res
         if need["decode"]:
             with NodeWriter(plan["decode"].path, _attrs(
                     pipe, subject, plan["decode"], plan, n_frames=n, fps_nominal=info.fps, fps=fps_eff,
-                    width=info.width, height=info.height, times_filled=n_filled)) as dw:
+                    width=info.width, height=info.height, times_filled=n_filled),
+                    replace=plan["decode"].force) as dw:
                 dw.write("t_s", t_s, chunks=(max(n, 1),), unit="s", axes=("frame",), doc="frame presentation time")
             res.ran.append("decode")
         if need["landmarks"]:
@@ -329,7 +334,8 @@ def _clips_stage(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], re
     n = frames.shape[0]
     win = clips.clip_windows(n, cp.length_frames, cp.stride_frames)
     L, s = cp.length_frames, cp.size_px
-    with NodeWriter(plan["clips"].path, _attrs(pipe, subject, plan["clips"], plan, n_clips=len(win))) as w:
+    with NodeWriter(plan["clips"].path, _attrs(pipe, subject, plan["clips"], plan, n_clips=len(win)),
+                    replace=plan["clips"].force) as w:
         arr = w.create("clips", shape=(len(win), L, s, s, 3), dtype="uint8", chunks=(1, L, s, s, 3),
                        axes=("clip", "frame", "y", "x", "channel"), doc="RGB clip tensors")
         for i, clip in enumerate(clips.iter_clips(lambda a, b: frames[a:min(b, n)], win, s)):
@@ -350,7 +356,7 @@ def _st_map_stage(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], r
     seg_len = int(win[0, 1] - win[0, 0]) if len(win) else int(round(sp.segment_s * float(fnode.attrs["fps"])))
     shape = (len(win), len(cols), h, sp.strip_px * seg_len, 3)
     with NodeWriter(plan["st_map"].path, _attrs(pipe, subject, plan["st_map"], plan, n_segments=len(win),
-                                                n_strips=len(cols))) as w:
+                                                n_strips=len(cols)), replace=plan["st_map"].force) as w:
         arr = w.create("images", shape=shape, dtype="uint8", chunks=(1, 1) + shape[2:],
                        axes=("segment", "strip", "y", "x_time", "channel"), doc="ST2S spatiotemporal images, RGB")
         for i, (a, b) in enumerate(win):
@@ -373,7 +379,8 @@ def _labels_stage(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], r
     res.notes.extend(list(truth.notes) + notes)
     specs = {a.name: a for a in labels.STAGE.outputs}
     with NodeWriter(plan["labels"].path, _attrs(pipe, subject, plan["labels"], plan, notes=list(truth.notes) + notes,
-                                                band_hz=list(pipe.params["labels"].band_hz))) as w:
+                                                band_hz=list(pipe.params["labels"].band_hz)),
+                    replace=plan["labels"].force) as w:
         for name, data in arrays.items():
             sp = specs[name]
             w.write(name, data, chunks=tuple(max(d, 1) for d in data.shape), unit=sp.unit, axes=sp.axes, doc=sp.doc)
@@ -381,218 +388,11 @@ def _labels_stage(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], r
     res.ran.append("labels")
 
 
-_RUNNERS = {"clips": _clips_stage, "st_map": _st_map_stage, "labels": _labels_stage}
+RUNNERS = {"clips": _clips_stage, "st_map": _st_map_stage, "labels": _labels_stage}
 
 
-def _dir_bytes(path: Path) -> int:
+def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
-def start_subject(pipe: Pipeline, subject: Subject, cache: str | Path, *, force: Iterable[str] = (),
-                  progress: ProgressFn | None = None) -> tuple[SubjectResult, dict[str, NodePlan] | None]:
-    """Plan a subject and run its video pass (decode, landmarks, face) if any of those is missing.
-
-    Returns the result so far and the plan (None when planning failed); never raises for bad input.
-    """
-    res = SubjectResult(subject.id)
-    t0 = time.perf_counter()
-    plan = None
-    with _recording(res, subject, "decode"):
-        plan = plan_subject(pipe, subject, cache)
-        for name in force:
-            if name not in plan:
-                raise ConfigError(f"--force names unknown stage {name!r}; stages: {list(ORDER)}")
-            plan[name].fresh = False
-            if plan[name].path.exists():
-                shutil.rmtree(plan[name].path)
-        res.nodes = {s: {"key": p.key, "path": p.path.relative_to(Path(cache)).as_posix()} for s, p in plan.items()}
-        if not all(plan[s].fresh for s in ("decode", "landmarks", "face")):
-            res.failed_stage = "face"
-            _video_pass(pipe, subject, plan, res, progress or _no_progress)
-        res.failed_stage = None
-    res.seconds = time.perf_counter() - t0
-    return res, plan
-
-
-def finish_subject(pipe: Pipeline, subject: Subject, cache: str | Path, plan: dict[str, NodePlan],
-                   res: SubjectResult, *, progress: ProgressFn | None = None) -> SubjectResult:
-    """Run the stages after the video pass (clips, st_map, labels) that are missing."""
-    t0 = time.perf_counter()
-    for name in ("clips", "st_map", "labels"):
-        if res.status != "ok":
-            break
-        with _recording(res, subject, name):
-            if not plan[name].fresh:
-                _RUNNERS[name](pipe, subject, plan, res, progress or _no_progress)
-    if res.status == "ok":
-        with _recording(res, subject, "decode"):
-            if not res.frames:
-                res.frames = int(open_node(plan["decode"].path).attrs["n_frames"])
-            res.bytes = sum(_dir_bytes(p.path) for p in plan.values())
-    res.seconds += time.perf_counter() - t0
-    return res
-
-
-def build_subject(pipe: Pipeline, subject: Subject, cache: str | Path, *, force: Iterable[str] = (),
-                  progress: ProgressFn | None = None) -> SubjectResult:
-    """Build every missing node of one subject; never raises for bad input.
-
-    Parameters
-    ----------
-    pipe : Pipeline
-    subject : Subject
-    cache : str or Path
-        Store root.
-    force : iterable of str
-        Stages to recompute even when their node exists.
-    progress : callable (subject, stage, done, total), optional
-
-    Returns
-    -------
-    SubjectResult
-        ``status`` is ``"failed"`` with ``failed_stage`` and ``error`` when a stage raised; the
-        nodes finished before it stay committed.
-    """
-    res, plan = start_subject(pipe, subject, cache, force=force, progress=progress)
-    if plan is None or res.status != "ok":
-        return res
-    return finish_subject(pipe, subject, cache, plan, res, progress=progress)
-
-
-class _recording:
-    """Context that turns an exception inside a stage into a failed SubjectResult."""
-
-    def __init__(self, res: SubjectResult, subject: Subject, stage: str):
-        self.res, self.subject, self.stage = res, subject, stage
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or not isinstance(exc, Exception):
-            return False
-        res = self.res
-        res.status, res.failed_stage = "failed", res.failed_stage or self.stage
-        if isinstance(exc, VideoDecodeError):
-            res.failed_stage = "decode"
-        if isinstance(exc, RppgPrepError):
-            res.error = str(exc)
-        else:  # an unexpected bug still must not take the other subjects down
-            where = traceback.format_exception(exc_type, exc, tb, limit=-2)
-            res.error = (f"subject {self.subject.id}, file {self.subject.video}: {type(exc).__name__}: {exc} "
-                         f"[{' | '.join(x.strip() for x in where[1:-1])}]")
-        log.debug("subject %s failed", self.subject.id, exc_info=(exc_type, exc, tb))
-        return True
-
-
-def _no_progress(*_: Any) -> None:
-    return None
-
-
-def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, workers: int = 1,
-              force: Iterable[str] = (), progress: ProgressFn | None = None,
-              on_result: Callable[[SubjectResult], None] | None = None) -> list[SubjectResult]:
-    """Build ``subjects`` and return one result per subject, in the order given.
-
-    With ``workers=1`` everything runs in this process: the video pass of one subject (MediaPipe,
-    one core) overlaps with the clips / ST / labels stages of the previous one on a second thread.
-    With ``workers > 1`` subjects are spread over that many worker processes.
-    """
-    force = tuple(force)
-    on_result = on_result or (lambda r: None)
-    if workers > 1:
-        return _run_processes(pipe, subjects, cache, workers, force, progress, on_result)
-    results: dict[str, SubjectResult] = {}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="downstream") as pool:
-        pending = []
-        for subj in subjects:
-            res, plan = start_subject(pipe, subj, cache, force=force, progress=progress)
-            if plan is None or res.status != "ok":
-                results[subj.id] = res
-                on_result(res)
-                continue
-            fut = pool.submit(finish_subject, pipe, subj, cache, plan, res, progress=progress)
-            fut.add_done_callback(lambda f: on_result(f.result()))
-            pending.append((subj.id, fut))
-        for sid, fut in pending:
-            results[sid] = fut.result()
-    return [results[s.id] for s in subjects]
-
-
-def _worker(args: tuple) -> SubjectResult:
-    pipe, subj, cache, force, queue = args
-    environment_threads()
-
-    def progress(*msg: Any) -> None:
-        if queue is not None:
-            queue.put(msg)
-
-    return build_subject(pipe, subj, cache, force=force, progress=progress)
-
-
-def _run_processes(pipe: Pipeline, subjects: list[Subject], cache: str | Path, workers: int, force: tuple,
-                   progress: ProgressFn | None, on_result: Callable[[SubjectResult], None]) -> list[SubjectResult]:
-    import multiprocessing as mp
-    import threading
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    ctx = mp.get_context("spawn")
-    results: dict[str, SubjectResult] = {}
-    with ctx.Manager() as manager:
-        queue = manager.Queue() if progress else None
-        stop = threading.Event()
-
-        def pump() -> None:
-            while not stop.is_set():
-                try:
-                    msg = queue.get(timeout=0.2)
-                except Exception:
-                    continue
-                progress(*msg)
-
-        th = threading.Thread(target=pump, daemon=True)
-        if queue is not None:
-            th.start()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-            futs = {ex.submit(_worker, (pipe, s, str(cache), force, queue)): s for s in subjects}
-            for fut in as_completed(futs):
-                subj = futs[fut]
-                try:
-                    res = fut.result()
-                except (BrokenProcessPool, Exception) as exc:  # a worker that died is a failure, never a gap
-                    res = SubjectResult(subj.id, status="failed", failed_stage="worker",
-                                        error=f"subject {subj.id}: worker process died ({type(exc).__name__}: {exc})")
-                results[subj.id] = res
-                on_result(res)
-        stop.set()
-    return [results[s.id] for s in subjects]
-
-
-def write_manifest(cache: str | Path, pipe: Pipeline, root: str | Path, results: list[SubjectResult]) -> Path:
-    """Record a build: config, root, and per subject its status, error, notes and node keys.
-
-    Subjects of an earlier build of the same pipeline and root that were not rebuilt now are kept.
-    """
-    path = manifest_path(cache, pipe.dataset, pipe.name)
-    root = str(Path(root).resolve())
-    subjects: dict[str, Any] = {}
-    try:
-        old = json.loads(path.read_text())
-        if old.get("root") == root:
-            subjects.update(old.get("subjects", {}))
-    except (FileNotFoundError, ValueError):
-        pass
-    for r in results:
-        subjects[r.subject] = {
-            "status": r.status, "failed_stage": r.failed_stage, "error": r.error, "frames": r.frames,
-            "seconds": round(r.seconds, 3), "bytes": r.bytes, "notes": r.notes, "nodes": r.nodes, "ran": r.ran,
-        }
-    write_json_atomic(path, {
-        "pipeline": pipe.name, "dataset": pipe.dataset, "root": root, "rppg_prep": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": pipe.config(), "subjects": subjects,
-    })
-    return path
 
 
 def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict[str, Any]]:

@@ -45,56 +45,79 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=_console(), show_path=False)])
 
 
-@main.command()
-@click.argument("pipeline", default="ubfc")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset folder (for UBFC-rPPG: the folder holding subject*/). "
-                   "Default: the embedded synthetic sample, generated under CACHE/samples on first use.")
-@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
-              help="Store root: zarr stores, build manifests and input fingerprints live here.")
-@click.option("--subjects", multiple=True, metavar="ID[,ID...]",
-              help="Only these subjects (e.g. subject3,subject10). Default: every subject under --root.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes, each building one subject at a time. 1 runs in this process "
-                   "(one subject's face pass overlaps the previous subject's later stages on a second thread).")
-@click.option("--force", multiple=True, metavar="STAGE",
-              help="Recompute this stage's nodes even if they exist (decode, landmarks, face, clips, st_map, labels).")
-def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], workers: int,
-          force: tuple[str, ...]) -> None:
-    """Build PIPELINE (default: ubfc, from pipelines/ubfc.yaml or the stage defaults).
+def _pipeline_options(fn):
+    fn = click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE,
+                      show_default=True,
+                      help="Store root: zarr stores, build manifests and input fingerprints live here.")(fn)
+    fn = click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+                      help="Dataset folder (for UBFC-rPPG: the folder holding subject*/). Default: the "
+                           "embedded synthetic sample, generated under CACHE/samples on first use.")(fn)
+    fn = click.option("--subjects", multiple=True, metavar="ID[,ID...]",
+                      help="Only these subjects (e.g. subject3,subject10). Default: every subject under --root.")(fn)
+    return click.argument("pipeline", default="ubfc")(fn)
 
-    Per subject: decode the video (frame times in s), track face landmarks (MediaPipe Face Mesh),
-    crop stabilised 128x128 faces, cut clips (160 frames of 64x64 by default), make ST2S
-    spatiotemporal images (10-s segments, 3-px strips) and labels (the contact PPG on the video
-    clock, HR in bpm per window by Welch peak in 0.7-3.5 Hz, SNR in dB). Existing nodes with the
-    same key are reused. Exit code 1 if any subject failed; every other subject is still built.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rppg_prep.build import environment_threads, load_pipeline, run_build, write_manifest
+def _resolve(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], console):
+    from rppg_prep.build import load_pipeline
     from rppg_prep.datasets import get_loader
     from rppg_prep.errors import RppgPrepError
 
-    console = _console()
-    environment_threads()
     try:
         pipe = _load_pipeline(pipeline, load_pipeline)
         loader = get_loader(pipe.dataset)
         if root is None:
             root = _default_root(pipe.dataset, cache, console)
         found = loader.find_subjects(root)
-        wanted = _split(subjects)
-        if wanted:
-            known = {s.id: s for s in found}
-            missing = [w for w in wanted if w not in known]
-            if missing:
-                raise click.UsageError(f"unknown subject(s) {missing} under {root}; found: "
-                                       f"{', '.join(known)}")
-            found = [known[w] for w in wanted]
     except (RppgPrepError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
+    wanted = _split(subjects)
+    if wanted:
+        known = {s.id: s for s in found}
+        missing = [w for w in wanted if w not in known]
+        if missing:
+            raise click.UsageError(f"unknown subject(s) {missing} under {root}; found: {', '.join(known)}")
+        found = [known[w] for w in wanted]
+    return pipe, root, found
 
-    console.print(f"[bold]build[/] {pipe.name}: {len(found)} subject(s) from {root} into {cache}")
+
+@main.command()
+@_pipeline_options
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes. 1 builds in this process; more start a dask LocalCluster of that many "
+                   "single-threaded processes (each needs ~400 MB).")
+@click.option("--scheduler", default=None, metavar="threads|local-cluster|tcp://HOST:PORT",
+              help="Where tasks run. threads (default with --workers 1): this process, one lane for video "
+                   "passes and one for the other stages. local-cluster: dask.distributed on this machine. "
+                   "tcp://HOST:PORT: an existing dask.distributed scheduler (the cache must be shared).")
+@click.option("--force", multiple=True, metavar="STAGE",
+              help="Recompute this stage's nodes even if they exist (decode, landmarks, face, clips, st_map, labels).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (per subject and stage: fresh or what will run, "
+                                              "and why) and exit without building.")
+def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], workers: int,
+          scheduler: str | None, force: tuple[str, ...], dry_run: bool) -> None:
+    """Build PIPELINE (default: ubfc, from pipelines/ubfc.yaml or the stage defaults).
+
+    Per subject: decode the video (frame times in s), track face landmarks (MediaPipe Face Mesh),
+    crop stabilised 128x128 faces, cut clips (160 frames of 64x64 by default), make ST2S
+    spatiotemporal images (10-s segments, 3-px strips) and labels (the contact PPG on the video
+    clock, HR in bpm per window by Welch peak in 0.7-3.5 Hz, SNR in dB). Nodes whose key (params,
+    code version, inputs) already exists are reused. Exit code 1 if any subject failed; every other
+    subject is still built.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rppg_prep.build import environment_threads
+    from rppg_prep.dag import run_build
+    from rppg_prep.errors import RppgPrepError
+
+    console = _console()
+    environment_threads()
+    pipe, root, found = _resolve(pipeline, root, cache, subjects, console)
+    if dry_run:
+        _status_table(console, pipe, found, cache, title=f"plan of {pipe.name} (dry run: nothing built)")
+        return
+    scheduler = scheduler or ("threads" if workers == 1 else "local-cluster")
+    console.print(f"[bold]build[/] {pipe.name}: {len(found)} subject(s) from {root} into {cache} ({scheduler})")
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bar:
@@ -104,16 +127,68 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
             bar.update(tasks[sid], description=f"{sid} {stage}", completed=done, total=total)
 
         def on_result(res) -> None:
-            bar.update(tasks[res.subject], description=f"{res.subject} {res.status}",
-                       completed=1, total=1)
+            bar.update(tasks[res.subject], description=f"{res.subject} {res.status}", completed=1, total=1)
 
-        results = run_build(pipe, found, cache, workers=workers, force=_split(force), progress=progress,
-                            on_result=on_result)
-    man = write_manifest(cache, pipe, root, results)
+        try:
+            results = run_build(pipe, found, cache, root=root, scheduler=scheduler, workers=workers,
+                                force=_split(force), progress=progress, on_result=on_result)
+        except RppgPrepError as exc:
+            raise click.ClickException(str(exc)) from None
     _summary(console, results, time.perf_counter() - t0)
-    console.print(f"manifest: {man}")
+    from rppg_prep.store import manifest_path
+
+    console.print(f"manifest: {manifest_path(cache, pipe.dataset, pipe.name)}")
     if any(r.status != "ok" for r in results):
         sys.exit(1)
+
+
+@main.command()
+@_pipeline_options
+def status(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...]) -> None:
+    """Per subject and stage of PIPELINE: fresh, stale (with what changed), missing or failed (with the error).
+
+    Exit code 1 when anything is not fresh.
+    """
+    console = _console()
+    pipe, root, found = _resolve(pipeline, root, cache, subjects, console)
+    if not _status_table(console, pipe, found, cache, title=f"status of {pipe.name} ({root})"):
+        sys.exit(1)
+
+
+def _status_table(console, pipe, subjects, cache: Path, title: str) -> bool:
+    from rich.table import Table
+
+    from rppg_prep.build import ORDER
+    from rppg_prep.dag import subject_status
+
+    table = Table(title=title)
+    table.add_column("subject")
+    for stage in ORDER:
+        table.add_column(stage)
+    table.add_column("why", overflow="fold")
+    colour = {"fresh": "green", "stale": "yellow", "missing": "blue", "failed": "red"}
+    all_fresh = True
+    for subj in subjects:
+        st = subject_status(pipe, subj, cache)
+        all_fresh &= all(v[0] == "fresh" for v in st.values())
+        reasons = [f"{stage}: {why}" for stage, (state, why) in st.items() if why]
+        table.add_row(subj.id, *(f"[{colour[st[s][0]]}]{st[s][0]}[/]" for s in ORDER), "\n".join(dict.fromkeys(reasons)))
+    console.print(table)
+    return all_fresh
+
+
+@main.command("gc")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
+              help="Store root to clean.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
+def gc_command(cache: Path, dry_run: bool) -> None:
+    """Remove nodes that no build manifest references, and abandoned partial nodes; report bytes freed."""
+    from rppg_prep.dag import gc
+
+    removed, freed = gc(cache, dry_run=dry_run)
+    for p in removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {p}")
+    click.echo(f"{len(removed)} node(s), {freed} bytes ({freed / 1e6:.1f} MB) {'would be ' if dry_run else ''}freed")
 
 
 def _load_pipeline(name: str, load_pipeline):

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from filelock import FileLock
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from rppg_prep.errors import StoreError
@@ -40,6 +41,8 @@ __all__ = [
     "read_manifest",
     "manifest_path",
     "dataset_store",
+    "node_lock",
+    "file_lock",
 ]
 
 #: zstd level 1 with bit-shuffle: the best speed/size trade-off measured on decoded video frames
@@ -105,10 +108,12 @@ class NodeWriter:
         Provenance attributes (key, stage, version, params, inputs, files...).
     """
 
-    def __init__(self, final: Path, attrs: dict[str, Any]):
+    def __init__(self, final: Path, attrs: dict[str, Any], *, replace: bool = False):
         self.final = Path(final)
+        self.replace = replace
         cache = self.final.parents[2]
-        self.tmp = cache / ".partial" / f"{self.final.name}.{uuid.uuid4().hex}"
+        # the partial's name carries the full key so that `gc` can tell whether a build still owns it
+        self.tmp = cache / ".partial" / f"{attrs.get('stage', 'node')}-{attrs.get('key', '')}.{uuid.uuid4().hex}"
         self.attrs = dict(attrs)
         self._t0 = time.perf_counter()
         self.tmp.mkdir(parents=True)
@@ -149,6 +154,12 @@ class NodeWriter:
         self.group.attrs.update(self.attrs)
         _ensure_group(self.final.parents[1], {"rppg_prep": "dataset store"})
         _ensure_group(self.final.parent, {"subject": self.final.parent.name})
+        if self.final.exists() and self.replace:
+            old = self.tmp.with_name(self.tmp.name + ".old")
+            os.rename(self.final, old)
+            os.rename(self.tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+            return self.final
         if self.final.exists():
             # same key means same content: another build got there first
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -172,6 +183,20 @@ class NodeWriter:
             self.commit()
         else:
             self.abort()
+
+
+def node_lock(cache: str | Path, key: str, *, timeout_s: float = -1) -> FileLock:
+    """Inter-process lock of node ``key`` (a file under ``cache/.locks``; released if the holder dies)."""
+    path = Path(cache) / ".locks" / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), timeout=timeout_s)
+
+
+def file_lock(path: str | Path) -> FileLock:
+    """Inter-process lock guarding a read-modify-write of ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(path.name + ".lock")))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -217,15 +242,20 @@ def fingerprint(path: str | Path, cache: str | Path) -> str:
     path = Path(path).resolve()
     st = path.stat()
     memo_path = Path(cache) / "fingerprints.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (FileNotFoundError, ValueError):
-        memo = {}
-    rec = memo.get(str(path))
+    rec = _read_json(memo_path).get(str(path))
     if rec and rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns:
         return rec["sha256"]
     with open(path, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    memo[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    write_json_atomic(memo_path, memo)
+    with file_lock(memo_path):
+        memo = _read_json(memo_path)
+        memo[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        write_json_atomic(memo_path, memo)
     return digest
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}

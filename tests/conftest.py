@@ -61,3 +61,20 @@ def real_build(tmp_path_factory, real_data):
     cache = tmp_path_factory.mktemp("real_cache")
     result = CliRunner().invoke(main, ["build", "ubfc", "--root", str(root), "--cache", str(cache)])
     return root, cache, result
+
+
+def array_hashes(cache: Path, pipeline: str = "ubfc", dataset: str = "ubfc") -> dict[str, str]:
+    """sha256 of every array of every node of a build: ``subject/stage/array`` -> hex digest."""
+    import hashlib
+
+    import numpy as np
+
+    import rppg_prep
+
+    out = {}
+    for sid, nodes in rppg_prep.open_build(cache, dataset, pipeline).items():
+        for stage, group in nodes.items():
+            for name, arr in group.arrays():
+                data = np.ascontiguousarray(arr[...])
+                out[f"{sid}/{stage}/{name}"] = hashlib.sha256(data.tobytes() + str(data.shape).encode()).hexdigest()
+    return out

@@ -1,0 +1,472 @@
+"""The build DAG: (stage, subject) nodes as dask tasks, with locks, failure records and status.
+
+Tasks of one subject (a task per node; the three nodes of the video share one streaming pass)::
+
+    video-<s> (decode, landmarks, face) ─┬─▶ clips-<s> ──┐
+                                         ├─▶ st_map-<s> ─┤
+                                         └───────────────┴─▶ labels-<s>
+
+Schedulers
+----------
+``threads`` (default)
+    This process, two lanes: one runs the video tasks one subject after another (MediaPipe keeps a
+    core busy and ~250 MB of memory per concurrent pass), the other runs every other task as soon as
+    its inputs exist. Lanes are sized from the machine: more video lanes on more cores and memory.
+``local-cluster``
+    A ``dask.distributed.LocalCluster`` of ``workers`` processes, one thread each.
+``tcp://HOST:PORT``
+    An existing ``dask.distributed`` scheduler; the cache must be on storage every worker sees.
+
+A task never raises for bad input: it returns an outcome with the error, the first lines of the
+traceback and the input file, and its dependants are skipped. A worker that dies is recorded as a
+failure of the tasks it held. Every node is written under a file lock and committed atomically, so
+two builds on one cache wait for each other instead of writing the same node twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rppg_prep import __version__
+from rppg_prep.build import (ORDER, RUNNERS, NodePlan, Pipeline, SubjectResult, dir_bytes, plan_subject,
+                             video_pass)
+from rppg_prep.datasets import Subject
+from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
+from rppg_prep.store import (file_lock, manifest_path, node_exists, node_lock, open_node,
+                             write_json_atomic)
+
+__all__ = ["run_build", "subject_status", "gc", "write_manifest", "VIDEO_STAGES", "TASK_STAGES"]
+
+log = logging.getLogger(__name__)
+
+VIDEO_STAGES = ("decode", "landmarks", "face")
+#: task name -> stages it writes
+TASK_STAGES = {"video": VIDEO_STAGES, "clips": ("clips",), "st_map": ("st_map",), "labels": ("labels",)}
+TASK_DEPS = {"video": (), "clips": ("video",), "st_map": ("video",), "labels": ("video", "clips", "st_map")}
+#: memory one concurrent video pass may take, bytes (MediaPipe graph + frames in flight, measured ~250 MB)
+VIDEO_LANE_BYTES = 600 * 2**20
+TRACEBACK_LINES = 8
+
+ProgressFn = Callable[[str, str, int, int], None]
+
+
+@dataclass
+class Outcome:
+    """What one task did."""
+
+    subject: str
+    task: str
+    status: str = "ok"  # ok | failed | skipped
+    stage: str | None = None  # the stage that failed
+    error: str | None = None
+    traceback: list[str] = field(default_factory=list)
+    input_file: str | None = None
+    result: SubjectResult | None = None
+
+
+# --------------------------------------------------------------------------- tasks
+
+def _locked_plan(cache: str | Path, plan: dict[str, NodePlan], stages: Iterable[str]) -> ExitStack:
+    """Hold the locks of the missing nodes among ``stages`` (sorted by key: no deadlock), then re-check."""
+    stack = ExitStack()
+    todo = sorted((plan[s] for s in stages if not plan[s].fresh), key=lambda p: p.key)
+    for node in todo:
+        stack.enter_context(node_lock(cache, node.key))
+        if not node.force and node_exists(node.path):
+            node.fresh = True  # another build committed it while we waited
+    return stack
+
+
+def _failed(subject: Subject, task: str, stage: str, exc: BaseException) -> Outcome:
+    if isinstance(exc, VideoDecodeError):
+        stage = "decode"
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    if isinstance(exc, RppgPrepError):
+        message = str(exc)
+        input_file = exc.path
+    else:  # a bug: still name the subject and its files, and keep the traceback
+        message = f"subject {subject.id}, file {subject.video}: {type(exc).__name__}: {exc}"
+        input_file = str(subject.video)
+    lines = [ln.rstrip() for chunk in tb[-TRACEBACK_LINES:] for ln in chunk.splitlines()][-TRACEBACK_LINES:]
+    log.debug("subject %s, %s failed:\n%s", subject.id, stage, "".join(tb))
+    return Outcome(subject.id, task, "failed", stage, message, lines, input_file)
+
+
+def run_task(task: str, pipe: Pipeline, subject: Subject, cache: str, plan: dict[str, NodePlan],
+             progress: ProgressFn | None, *upstream: Outcome) -> Outcome:
+    """Run one task (module-level and picklable, for dask.distributed).
+
+    Skips when an upstream task failed; otherwise locks its missing nodes, re-checks them and
+    builds what is still missing. Never raises for bad input or bugs in a stage.
+    """
+    # a video task's only upstream is the previous video pass of its lane: an ordering edge, not data
+    bad = [] if task == "video" else [u for u in upstream if u.status != "ok"]
+    if bad:
+        return Outcome(subject.id, task, "skipped", TASK_STAGES[task][0],
+                       f"not built: {bad[0].task} of subject {subject.id} did not finish")
+    res = SubjectResult(subject.id)
+    t0 = time.perf_counter()
+    progress = progress or (lambda *a: None)
+    stage = TASK_STAGES[task][0]
+    try:
+        with _locked_plan(cache, plan, TASK_STAGES[task]):
+            if task == "video":
+                if not all(plan[s].fresh for s in VIDEO_STAGES):
+                    stage = "face"
+                    video_pass(pipe, subject, plan, res, progress)
+            elif not plan[task].fresh:
+                RUNNERS[task](pipe, subject, plan, res, progress)
+    except Exception as exc:
+        return _failed(subject, task, stage, exc)
+    res.seconds = time.perf_counter() - t0
+    return Outcome(subject.id, task, result=res)
+
+
+def _task_key(task: str, subject: Subject, plan: dict[str, NodePlan]) -> str:
+    node = plan["face" if task == "video" else task]
+    return f"{task}-{node.key[:16]}-{subject.id}"
+
+
+# --------------------------------------------------------------------------- graph and execution
+
+def build_graph(pipe: Pipeline, plans: list[tuple[Subject, dict[str, NodePlan]]], cache: str | Path, *,
+                video_lanes: int | None, progress: ProgressFn | None) -> tuple[dict, list[str]]:
+    """A dask graph of every task, and the keys of the tasks whose outcomes are wanted.
+
+    With ``video_lanes`` set, video task k also waits for video task k - video_lanes, so at most
+    that many video passes run at once (their memory adds up); ``None`` leaves them free.
+    """
+    dsk: dict[str, Any] = {}
+    keys: list[str] = []
+    videos: list[str] = []
+    for subject, plan in plans:
+        names = {t: _task_key(t, subject, plan) for t in TASK_STAGES}
+        for task, deps in TASK_DEPS.items():
+            args = [names[d] for d in deps]
+            if task == "video" and video_lanes and len(videos) >= video_lanes:
+                args.append(videos[-video_lanes])  # an ordering edge only: its outcome is ignored
+            dsk[names[task]] = (partial(run_task, task, pipe, subject, str(cache), plan, progress), *args)
+            keys.append(names[task])
+        videos.append(names["video"])
+    return dsk, keys
+
+
+class _LaneExecutor(Executor):
+    """Routes dask's local tasks to a video lane and a stage lane (dask.local has no resources)."""
+
+    def __init__(self, video_threads: int, stage_threads: int):
+        self._video = ThreadPoolExecutor(video_threads, thread_name_prefix="video")
+        self._stage = ThreadPoolExecutor(stage_threads, thread_name_prefix="stage")
+        self._max_workers = 1024  # let dask hand over every ready task; the lanes bound concurrency
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        batch = args[0] if args else []
+        is_video = any(str(item[0]).startswith("video-") for item in batch)
+        return (self._video if is_video else self._stage).submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._video.shutdown(wait, cancel_futures=cancel_futures)
+        self._stage.shutdown(wait, cancel_futures=cancel_futures)
+
+
+def machine_lanes() -> tuple[int, int]:
+    """(video lanes, stage lanes) for this machine: a video lane per 2 cores and per 600 MB free."""
+    import psutil
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    free = psutil.virtual_memory().available
+    video = max(1, min(cores // 2, int(free // VIDEO_LANE_BYTES)))
+    return video, max(1, cores - video)
+
+
+def _run_threads(dsk: dict, keys: list[str], on_outcome: Callable[[Outcome], None]) -> None:
+    import dask.threaded
+    from dask.callbacks import Callback
+
+    video, stage = machine_lanes()
+
+    class Collect(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001 - dask's signature
+            on_outcome(result)
+
+    pool = _LaneExecutor(video, stage)
+    try:
+        with Collect():
+            dask.threaded.get(dsk, keys, pool=pool, chunksize=1)
+    finally:
+        pool.shutdown()
+
+
+def _run_distributed(dsk: dict, keys: list[str], scheduler: str, workers: int,
+                     on_outcome: Callable[[Outcome], None], subjects: dict[str, str]) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    if scheduler == "local-cluster":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    else:
+        cluster, client = None, Client(scheduler)
+    try:
+        futures = client.get(dsk, keys, sync=False)
+        by_future = dict(zip(futures, keys))
+        for fut in as_completed(futures):
+            key = by_future[fut]
+            if fut.status == "finished":
+                on_outcome(fut.result())
+            else:  # only a dead worker gets here: tasks catch everything else
+                exc = fut.exception()
+                task = key.split("-", 1)[0]
+                on_outcome(Outcome(subjects[key], task, "failed", TASK_STAGES[task][0],
+                                   f"subject {subjects[key]}: worker died while running {task} "
+                                   f"({type(exc).__name__}: {exc})"))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# --------------------------------------------------------------------------- the build
+
+def _merge(result: SubjectResult, out: Outcome) -> None:
+    if out.status == "ok" and out.result is not None:
+        r = out.result
+        result.ran += r.ran
+        result.notes += r.notes
+        result.frames = result.frames or r.frames
+        result.seconds += r.seconds
+    elif result.status == "ok" or out.status == "failed":
+        if result.status == "ok" or result.error is None or result.error.startswith("not built"):
+            result.status, result.failed_stage, result.error = "failed", out.stage, out.error
+            result.traceback, result.input_file = out.traceback, out.input_file
+
+
+def _finalize(result: SubjectResult, plan: dict[str, NodePlan] | None) -> SubjectResult:
+    result.ran.sort(key=ORDER.index)
+    if plan is not None and result.status == "ok":
+        if not result.frames and node_exists(plan["decode"].path):
+            result.frames = int(open_node(plan["decode"].path).attrs["n_frames"])
+        result.bytes = sum(dir_bytes(p.path) for p in plan.values())
+    return result
+
+
+def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, root: str | Path | None = None,
+              scheduler: str = "threads", workers: int = 1, force: Iterable[str] = (),
+              progress: ProgressFn | None = None,
+              on_result: Callable[[SubjectResult], None] | None = None) -> list[SubjectResult]:
+    """Build ``subjects`` and return one result per subject, in the order given.
+
+    Parameters
+    ----------
+    pipe : Pipeline
+    subjects : list of Subject
+    cache : str or Path
+        Store root.
+    root : str or Path, optional
+        Dataset root, recorded in the manifest (which is updated as each subject finishes).
+    scheduler : {"threads", "local-cluster"} or "tcp://HOST:PORT"
+    workers : int
+        Worker processes of a ``local-cluster``.
+    force : iterable of str
+        Stages to recompute even where their node exists.
+    progress : callable (subject, stage, done, total), optional
+        Frame-level progress (``threads`` only).
+    on_result : callable (SubjectResult), optional
+        Called as each subject finishes.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``force`` stage or scheduler.
+    """
+    force = tuple(force)
+    unknown = sorted(set(force) - set(ORDER))
+    if unknown:
+        raise ConfigError(f"--force names unknown stage(s) {unknown}; stages: {list(ORDER)}")
+    if scheduler not in ("threads", "local-cluster") and not scheduler.startswith("tcp://"):
+        raise ConfigError(f"unknown scheduler {scheduler!r}: use threads, local-cluster or tcp://HOST:PORT")
+    results = {s.id: SubjectResult(s.id) for s in subjects}
+    plans: list[tuple[Subject, dict[str, NodePlan]]] = []
+    plan_of: dict[str, dict[str, NodePlan]] = {}
+    for subj in subjects:
+        try:
+            plan = plan_subject(pipe, subj, cache)
+        except Exception as exc:  # a missing video: nothing of this subject can be keyed
+            _merge(results[subj.id], _failed(subj, "video", "decode", exc))
+            continue
+        for name in force:
+            plan[name].fresh, plan[name].force = False, True
+        results[subj.id].nodes = {s: {"key": p.key, "path": p.path.relative_to(Path(cache)).as_posix()}
+                                  for s, p in plan.items()}
+        plans.append((subj, plan))
+        plan_of[subj.id] = plan
+    remaining = {s.id: len(TASK_STAGES) for s, _ in plans}
+
+    def done(sid: str) -> None:
+        res = _finalize(results[sid], plan_of.get(sid))
+        if root is not None:
+            write_manifest(cache, pipe, root, [res])
+        if on_result:
+            on_result(res)
+
+    for subj in subjects:
+        if subj.id not in plan_of:
+            done(subj.id)
+
+    def on_outcome(out: Outcome) -> None:
+        _merge(results[out.subject], out)
+        remaining[out.subject] -= 1
+        if remaining[out.subject] == 0:
+            done(out.subject)
+
+    if plans:
+        threads = scheduler == "threads"
+        lanes = machine_lanes()[0] if threads else None
+        dsk, keys = build_graph(pipe, plans, cache, video_lanes=lanes, progress=progress if threads else None)
+        if threads:
+            _run_threads(dsk, keys, on_outcome)
+        else:
+            owners = {k: next(s.id for s, _ in plans if k.endswith("-" + s.id)) for k in keys}
+            _run_distributed(dsk, keys, scheduler, workers, on_outcome, owners)
+    return [results[s.id] for s in subjects]
+
+
+def write_manifest(cache: str | Path, pipe: Pipeline, root: str | Path, results: list[SubjectResult]) -> Path:
+    """Merge subjects' results into the build manifest (under a lock; atomic replace).
+
+    Subjects of an earlier build of the same pipeline and root that were not rebuilt are kept.
+    """
+    path = manifest_path(cache, pipe.dataset, pipe.name)
+    root = str(Path(root).resolve())
+    with file_lock(path):
+        subjects: dict[str, Any] = {}
+        try:
+            old = json.loads(path.read_text())
+            if old.get("root") == root and old.get("config") == pipe.config():
+                subjects.update(old.get("subjects", {}))
+        except (FileNotFoundError, ValueError):
+            pass
+        for r in results:
+            subjects[r.subject] = {
+                "status": r.status, "failed_stage": r.failed_stage, "error": r.error, "traceback": r.traceback,
+                "input_file": r.input_file, "frames": r.frames, "seconds": round(r.seconds, 3),
+                "bytes": r.bytes, "notes": r.notes, "nodes": r.nodes, "ran": r.ran,
+            }
+        write_json_atomic(path, {
+            "pipeline": pipe.name, "dataset": pipe.dataset, "root": root, "rppg_prep": __version__,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": pipe.config(), "subjects": subjects,
+        })
+    return path
+
+
+# --------------------------------------------------------------------------- status and gc
+
+def _why_stale(old_attrs: dict[str, Any], pipe: Pipeline, stage: str, plan: dict[str, NodePlan]) -> str:
+    new_params = pipe.config()[stage]
+    changed = [f"{k} {old_attrs.get('params', {}).get(k)!r} -> {v!r}" for k, v in new_params.items()
+               if old_attrs.get("params", {}).get(k) != v]
+    if changed:
+        return "params changed: " + ", ".join(changed)
+    ups = [u for u, k in old_attrs.get("inputs", {}).items() if u in plan and plan[u].key != k]
+    if ups:
+        return "upstream changed: " + ", ".join(ups)
+    if old_attrs.get("version") is not None:
+        return "stage version or input file changed"
+    return "key changed"
+
+
+def subject_status(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[str, tuple[str, str]]:
+    """Per stage of ``subject``: (fresh | stale | missing | failed, reason) for the current config.
+
+    Raises
+    ------
+    StoreError
+        Never for a missing build: stages are then ``missing``.
+    """
+    from rppg_prep.store import read_manifest
+
+    try:
+        rec = read_manifest(cache, pipe.dataset, pipe.name).get("subjects", {}).get(subject.id, {})
+    except RppgPrepError:
+        rec = {}
+    try:
+        plan = plan_subject(pipe, subject, cache)
+    except RppgPrepError as exc:
+        return {s: ("failed", str(exc)) for s in ORDER}
+    out: dict[str, tuple[str, str]] = {}
+    failed_upstream = None
+    for stage in ORDER:
+        node = plan[stage]
+        old = rec.get("nodes", {}).get(stage, {})
+        if node.fresh:
+            out[stage] = ("fresh", "")
+        elif rec.get("status") == "failed" and rec.get("failed_stage") == stage and old.get("key") == node.key:
+            out[stage] = ("failed", rec.get("error") or "")
+            failed_upstream = stage
+        elif failed_upstream:
+            out[stage] = ("missing", f"upstream {failed_upstream} failed")
+        elif old.get("key") and old["key"] != node.key:
+            old_path = Path(cache) / old["path"]
+            attrs = dict(open_node(old_path).attrs) if node_exists(old_path) else {}
+            out[stage] = ("stale", _why_stale(attrs, pipe, stage, plan))
+        else:
+            out[stage] = ("missing", "never built with this config")
+    return out
+
+
+def _referenced(cache: Path) -> set[Path]:
+    refs = set()
+    for man in cache.glob("*.builds/*.json"):
+        try:
+            data = json.loads(man.read_text())
+        except ValueError:
+            continue
+        for rec in data.get("subjects", {}).values():
+            refs.update((cache / n["path"]).resolve() for n in rec.get("nodes", {}).values())
+    return refs
+
+
+def _node_dirs(cache: Path) -> Iterator[Path]:
+    for store in cache.glob("*.zarr"):
+        for subject in (p for p in store.iterdir() if p.is_dir()):
+            yield from (p for p in subject.iterdir() if p.is_dir())
+
+
+def gc(cache: str | Path, *, dry_run: bool = False) -> tuple[list[Path], int]:
+    """Remove nodes that no build manifest references, and partial nodes no build is writing.
+
+    Returns
+    -------
+    removed : list of Path
+    bytes_freed : int
+    """
+    cache = Path(cache)
+    refs = _referenced(cache)
+    victims = [p for p in _node_dirs(cache) if p.resolve() not in refs]
+    for part in sorted((cache / ".partial").glob("*")) if (cache / ".partial").exists() else []:
+        key = part.name.split(".", 1)[0].rsplit("-", 1)[-1]
+        try:
+            with node_lock(cache, key, timeout_s=0):
+                victims.append(part)
+        except Exception:  # a running build holds it
+            continue
+    freed = sum(dir_bytes(p) for p in victims)
+    if not dry_run:
+        for p in victims:
+            shutil.rmtree(p, ignore_errors=True)
+        for store in cache.glob("*.zarr"):
+            for subject in (p for p in store.iterdir() if p.is_dir()):
+                if not any(c.is_dir() for c in subject.iterdir()):
+                    shutil.rmtree(subject, ignore_errors=True)
+    return victims, freed
