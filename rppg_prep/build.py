@@ -1,4 +1,4 @@
-"""Plan and run a build: (stage, subject) nodes keyed by content, committed atomically.
+"""Pipelines, node plans and the stage runners that write nodes (scheduling is in ``dag.py``).
 
 Stages of one subject::
 
@@ -7,9 +7,9 @@ Stages of one subject::
                  └────────────────────────────────────┴─▶ labels ◀── ground truth
 
 ``decode``, ``landmarks`` and ``face`` share one streaming pass over the video when more than one
-of them is missing (decoding twice would cost more than the rest of the build). A node whose key
-already exists is not recomputed; a failing stage is recorded with its error, and the subject's
-other nodes and every other subject go on.
+of them is missing (decoding twice would cost more than the rest of the build). A node's key chains
+its stage's name, version and params with its upstream keys and the content hashes of its raw
+inputs; a node whose key exists is not recomputed.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +28,10 @@ import yaml
 
 from rppg_prep import __version__
 from rppg_prep.datasets import Subject, get_loader
-from rppg_prep.errors import ConfigError, FaceNotFoundError, RppgPrepError, VideoDecodeError
+from rppg_prep.errors import ConfigError, FaceNotFoundError, VideoDecodeError
 from rppg_prep.stage import Stage, canonical_json, node_key, params_from_dict
 from rppg_prep.stages import clips, decode, face, labels, landmarks, st_map
-from rppg_prep.store import (NodeWriter, fingerprint, manifest_path, node_exists, node_path, open_node,
-                             write_json_atomic)
+from rppg_prep.store import (NodeWriter, fingerprint, node_exists, node_path, open_node)
 
 __all__ = ["Pipeline", "load_pipeline", "plan_subject", "video_pass", "RUNNERS", "open_build", "SubjectResult",
            "NodePlan", "STAGES", "ORDER", "environment_threads"]

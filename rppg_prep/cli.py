@@ -172,7 +172,8 @@ def _status_table(console, pipe, subjects, cache: Path, title: str) -> bool:
         st = subject_status(pipe, subj, cache)
         all_fresh &= all(v[0] == "fresh" for v in st.values())
         reasons = [f"{stage}: {why}" for stage, (state, why) in st.items() if why]
-        table.add_row(subj.id, *(f"[{colour[st[s][0]]}]{st[s][0]}[/]" for s in ORDER), "\n".join(dict.fromkeys(reasons)))
+        cells = (f"[{colour[st[s][0]]}]{st[s][0]}[/]" for s in ORDER)
+        table.add_row(subj.id, *cells, "\n".join(dict.fromkeys(reasons)))
     console.print(table)
     return all_fresh
 

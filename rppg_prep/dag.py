@@ -44,7 +44,7 @@ from rppg_prep.build import (ORDER, RUNNERS, NodePlan, Pipeline, SubjectResult, 
                              video_pass)
 from rppg_prep.datasets import Subject
 from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
-from rppg_prep.store import (file_lock, manifest_path, node_exists, node_lock, open_node,
+from rppg_prep.store import (file_lock, manifest_path, node_bytes, node_exists, node_lock, open_node,
                              write_json_atomic)
 
 __all__ = ["run_build", "subject_status", "gc", "write_manifest", "VIDEO_STAGES", "TASK_STAGES"]
@@ -257,7 +257,7 @@ def _finalize(result: SubjectResult, plan: dict[str, NodePlan] | None) -> Subjec
     if plan is not None and result.status == "ok":
         if not result.frames and node_exists(plan["decode"].path):
             result.frames = int(open_node(plan["decode"].path).attrs["n_frames"])
-        result.bytes = sum(dir_bytes(p.path) for p in plan.values())
+        result.bytes = sum(node_bytes(p.path) for p in plan.values())
     return result
 
 

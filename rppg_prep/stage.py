@@ -161,7 +161,8 @@ def params_from_dict(cls: type, values: dict[str, Any] | None) -> Any:
         elif isinstance(default, int):
             out[name] = int(value)
         elif isinstance(default, tuple):
-            out[name] = tuple(type(d)(v) for d, v in zip(default, value)) if len(value) == len(default) else tuple(value)
+            same = len(value) == len(default)
+            out[name] = tuple(type(d)(v) for d, v in zip(default, value)) if same else tuple(value)
         else:
             out[name] = value
     return cls(**out)

@@ -36,6 +36,7 @@ __all__ = [
     "node_path",
     "open_node",
     "node_exists",
+    "node_bytes",
     "fingerprint",
     "write_json_atomic",
     "read_manifest",
@@ -78,6 +79,14 @@ def node_exists(path: Path) -> bool:
         return bool(json.loads(meta.read_text())["attributes"].get("complete", False))
     except (ValueError, KeyError):
         return False
+
+
+def node_bytes(path: Path) -> int:
+    """Bytes on disk of a committed node (recorded at commit; 0 when there is no node)."""
+    try:
+        return int(json.loads((Path(path) / "zarr.json").read_text())["attributes"].get("bytes", 0))
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
 
 
 def open_node(path: str | Path) -> zarr.Group:
@@ -150,6 +159,7 @@ class NodeWriter:
         """Write the provenance attributes with ``complete=True`` last, then move the node into place."""
         self.attrs["wall_s"] = round(time.perf_counter() - self._t0, 3)
         self.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.attrs["bytes"] = sum(f.stat().st_size for f in self.tmp.rglob("*") if f.is_file())
         self.attrs["complete"] = True
         self.group.attrs.update(self.attrs)
         _ensure_group(self.final.parents[1], {"rppg_prep": "dataset store"})

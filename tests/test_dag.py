@@ -155,3 +155,17 @@ def test_dry_run_prints_the_plan_and_builds_nothing(root, tmp_path):
     res = CliRunner().invoke(main, ["build", "ubfc", "--root", str(root), "--cache", str(tmp_path), "--dry-run"])
     assert res.exit_code == 0 and "missing" in res.output
     assert not list(tmp_path.glob("ubfc.zarr/*/*-*"))
+
+
+def test_two_pipelines_share_the_nodes_of_a_shared_stage_configuration(root, clean, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(clean[0], cache)
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"name": "other", "dataset": "ubfc", "stages": {"clips": {"stride_frames": 80}}}))
+    res = CliRunner().invoke(main, ["build", str(other), "--root", str(root), "--cache", str(cache)])
+    assert res.exit_code == 0, res.output
+    man = json.loads((cache / "ubfc.builds" / "other.json").read_text())["subjects"]
+    for sid, rec in man.items():
+        assert rec["ran"] == ["clips", "labels"]  # labels reads the clip windows
+        for stage in ("decode", "landmarks", "face", "st_map"):
+            assert rec["nodes"][stage] == clean[1]["subjects"][sid]["nodes"][stage]
