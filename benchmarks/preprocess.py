@@ -14,6 +14,8 @@ Numbers (printed as a markdown table, saved to ``benchmarks/results/preprocess-<
 - decode_fps            frames/s: OpenCV FFmpeg (1 decoder thread) read + BGR->RGB of every frame, one process
 - build_fps             frames/s: manifest frames / wall s of ``build --workers 1``, all subjects, fresh cache
 - build_over_decode     build_fps / decode_fps (1.0 would mean the build costs no more than decoding)
+- decode_mesh_fps       frames/s: decode + MediaPipe Face Mesh (tracking) alone, in this process, right
+  after the build; build_over_decode_mesh = build_fps / decode_mesh_fps (the machine's speed drifts)
 - build_peak_rss_mib    MiB: peak RSS of that build process (ru_maxrss, KiB / 1024)
 - store_bytes_per_frame bytes/frame: apparent size of all files under CACHE/ubfc.zarr / frames
   (also ``store_disk_bytes_per_frame``: allocated blocks, as ``du``), and per stage ``<stage>-*`` nodes
@@ -68,6 +70,29 @@ def decode_fps(videos: list[Path]) -> dict:
             cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             n += 1
         cap.release()
+    dt = time.perf_counter() - t0
+    return {"frames": n, "wall_s": round(dt, 2), "fps": round(n / dt, 1)}
+
+
+def decode_mesh_fps(videos: list[Path]) -> dict:
+    """Decode + MediaPipe Face Mesh (tracking mode, no crops, nothing stored): the floor a build stands on.
+
+    Measured in the same run as the build because this machine's speed drifts by +-30 % over minutes.
+    """
+    from rppg_prep.stages.landmarks import LandmarkParams, make_detector
+
+    n, t0 = 0, time.perf_counter()
+    for v in videos:
+        det = make_detector(LandmarkParams())
+        cap = cv2.VideoCapture(str(v), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            det(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            n += 1
+        cap.release()
+        det.close()
     dt = time.perf_counter() - t0
     return {"frames": n, "wall_s": round(dt, 2), "fps": round(n / dt, 1)}
 
@@ -177,6 +202,8 @@ def table(r: dict, workers: int | None) -> str:
             ("build, 1 process (frames/s)", f"{b['fps']} ({b['frames']} frames in {b['wall_s']} s)"),
             ("  CPU s: build / rest of the machine meanwhile", f"{b['cpu_s']} / {b['other_cpu_s']}"),
             ("build / decode", r["build_over_decode"]),
+            ("decode + face mesh only, same run (frames/s)", r["decode_mesh"]["fps"]),
+            ("build / (decode + face mesh)", r["build_over_decode_mesh"]),
             ("build peak RSS", mem(b)),
             ("store (bytes/frame)", f"{s['store_bytes_per_frame']} (on disk {s['store_disk_bytes_per_frame']})"),
             *[(f"  {k} (bytes/frame)", n) for k, n in s["stage_bytes_per_frame"].items()],
@@ -218,6 +245,9 @@ def main() -> None:
         r["build"] = build(args.data, tmp / "full")
         r["store"] = store_sizes(tmp / "full", r["build"]["frames"])
         r["build_over_decode"] = round(r["build"]["fps"] / r["decode"]["fps"], 3)
+        step("   decode + face mesh only, same videos (the floor under the build)")
+        r["decode_mesh"] = decode_mesh_fps(videos)
+        r["build_over_decode_mesh"] = round(r["build"]["fps"] / r["decode_mesh"]["fps"], 3)
         step(f"3/4 {CUT_SUBJECT}: first {CUT_S:.0f} s vs full, each built alone")
         r["cut"] = make_cut(args.data / CUT_SUBJECT, tmp / "cutroot" / f"{CUT_SUBJECT}cut")
         r["cut_build"] = build(tmp / "cutroot", tmp / "cut")

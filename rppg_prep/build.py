@@ -43,6 +43,7 @@ ORDER = ("decode", "landmarks", "face", "clips", "st_map", "labels")
 PIPELINE_DIRS = (Path.cwd() / "pipelines", Path(__file__).resolve().parents[1] / "pipelines")
 BATCH_FRAMES = 8  # frames in flight stay few: peak RSS 364 vs 421 MiB at 16, same speed
 FRAME_CHUNK = 32
+CROP_IN_FLIGHT = 4  # batches handed to the crop thread and not yet cropped: slack against stalls
 MIN_VALID_FRACTION = 0.5
 
 ProgressFn = Callable[[str, str, int, int], None]
@@ -248,7 +249,7 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
 
         def crop_async(raw: np.ndarray, frames: np.ndarray) -> None:
             in_flight.append(crop_pool.submit(lambda: emit(tracker.push(raw, frames))))
-            while len(in_flight) > 2:
+            while len(in_flight) > CROP_IN_FLIGHT:
                 in_flight.pop(0).result()
 
         times = []

@@ -111,6 +111,7 @@ def run_task(task: str, pipe: Pipeline, subject: Subject, cache: str, plan: dict
     Skips when an upstream task failed; otherwise locks its missing nodes, re-checks them and
     builds what is still missing. Never raises for bad input or bugs in a stage.
     """
+    _inject_fault(task, subject)
     # a video task's only upstream is the previous video pass of its lane: an ordering edge, not data
     bad = [] if task == "video" else [u for u in upstream if u.status != "ok"]
     if bad:
@@ -132,6 +133,15 @@ def run_task(task: str, pipe: Pipeline, subject: Subject, cache: str, plan: dict
         return _failed(subject, task, stage, exc)
     res.seconds = time.perf_counter() - t0
     return Outcome(subject.id, task, result=res)
+
+
+def _inject_fault(task: str, subject: Subject) -> None:
+    """Fault injection for the tests: ``RPPG_PREP_FAULT=kill:<task>:<subject>`` kills the worker process."""
+    fault = os.environ.get("RPPG_PREP_FAULT", "")
+    if fault == f"kill:{task}:{subject.id}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _task_key(task: str, subject: Subject, plan: dict[str, NodePlan]) -> str:

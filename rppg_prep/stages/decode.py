@@ -25,6 +25,8 @@ __all__ = ["DecodeParams", "STAGE", "VideoInfo", "FrameBatch", "probe", "iter_fr
 
 #: a container that promises more frames than this fraction decodes is reported as truncated
 MIN_DECODED_FRACTION = 0.98
+#: batches decoded ahead of the consumer
+PREFETCH_BATCHES = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,7 +173,7 @@ def iter_frames(path: str | Path, *, batch_frames: int = 64, subject: str | None
     gen = _reader(cap, info, batch_frames)
     n = 0
     try:
-        for batch in (_prefetch(gen) if prefetch else gen):
+        for batch in (_prefetch(gen, PREFETCH_BATCHES) if prefetch else gen):
             n += len(batch.frames)
             yield batch
     finally:
