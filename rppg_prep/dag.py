@@ -219,12 +219,28 @@ def _run_threads(dsk: dict, keys: list[str], on_outcome: Callable[[Outcome], Non
         pool.shutdown()
 
 
+def _lost(key: str, subject: str, exc: BaseException | None) -> Outcome:
+    """The outcome of a task that a dask.distributed worker took down with it."""
+    task = key.split("-", 1)[0]
+    culprit = str(getattr(exc, "task", None) or key)
+    if culprit != key:  # it was an upstream task that killed its worker
+        return Outcome(subject, task, "skipped", TASK_STAGES[task][0],
+                       f"not built: {culprit.split('-', 1)[0]} of subject {subject} did not finish")
+    return Outcome(subject, task, "failed", TASK_STAGES[task][0],
+                   f"subject {subject}: the worker process died while running {task} "
+                   f"({type(exc).__name__}: {exc})")
+
+
 def _run_distributed(dsk: dict, keys: list[str], scheduler: str, workers: int,
                      on_outcome: Callable[[Outcome], None], subjects: dict[str, str]) -> None:
     from distributed import Client, LocalCluster, as_completed
 
     if scheduler == "local-cluster":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        import dask
+
+        # a task per thread and no more: tasks queued on a worker would die with it when it is killed
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     else:
         cluster, client = None, Client(scheduler)
@@ -233,14 +249,11 @@ def _run_distributed(dsk: dict, keys: list[str], scheduler: str, workers: int,
         by_future = dict(zip(futures, keys))
         for fut in as_completed(futures):
             key = by_future[fut]
-            if fut.status == "finished":
-                on_outcome(fut.result())
-            else:  # only a dead worker gets here: tasks catch everything else
-                exc = fut.exception()
-                task = key.split("-", 1)[0]
-                on_outcome(Outcome(subjects[key], task, "failed", TASK_STAGES[task][0],
-                                   f"subject {subjects[key]}: worker died while running {task} "
-                                   f"({type(exc).__name__}: {exc})"))
+            try:  # result() also waits for a result lost with its worker to be recomputed
+                out = fut.result()
+            except Exception as exc:  # only a dead worker gets here: tasks catch everything else
+                out = _lost(key, subjects[key], exc)
+            on_outcome(out)
     finally:
         client.close()
         if cluster is not None:

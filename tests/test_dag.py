@@ -81,8 +81,10 @@ def test_kill_9_mid_build_then_rebuild_equals_a_clean_build(root, clean, tmp_pat
     cache = tmp_path / "killed"
     proc = _cli("build", "ubfc", "--root", str(root), "--cache", str(cache))
     deadline = time.time() + 120
-    while time.time() < deadline and not list(cache.glob("ubfc.zarr/*/face-*")):
-        time.sleep(0.05)
+    # kill while a node is half-written: one subject's face committed, another node in .partial
+    while time.time() < deadline and not (list(cache.glob("ubfc.zarr/*/face-*"))
+                                          and (cache / ".partial").exists() and any((cache / ".partial").iterdir())):
+        time.sleep(0.02)
     assert proc.poll() is None, "the build ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -178,11 +180,12 @@ def test_a_worker_killed_mid_task_is_a_recorded_failure(root, clean, tmp_path, m
         shutil.rmtree(node)  # so that subject2 has a clips task to die in
     monkeypatch.setenv("RPPG_PREP_FAULT", "kill:clips:subject2")
     pipe = load_pipeline("ubfc")
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    # one retry: the injected kill repeats and fails the task; a worker lost to load alone is retried
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         results = run_build(pipe, ubfc.find_subjects(root), cache, root=root, scheduler="local-cluster", workers=2)
     by_id = {r.subject: r for r in results}
-    assert by_id["subject1"].status == "ok" and by_id["subject3"].status == "ok"
+    assert by_id["subject1"].status == "ok" and by_id["subject3"].status == "ok", [r.error for r in results]
     bad = by_id["subject2"]
-    assert bad.status == "failed" and bad.failed_stage == "clips" and "worker died" in bad.error
+    assert bad.status == "failed" and bad.failed_stage == "clips" and "worker process died" in bad.error
     rec = json.loads((cache / "ubfc.builds" / "ubfc.json").read_text())["subjects"]["subject2"]
-    assert rec["status"] == "failed" and "worker died" in rec["error"]
+    assert rec["status"] == "failed" and "worker process died" in rec["error"]
