@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 # MediaPipe / TFLite log through glog to stderr; keep warnings, drop their info chatter
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -176,6 +177,152 @@ def _status_table(console, pipe, subjects, cache: Path, title: str) -> bool:
         table.add_row(subj.id, *cells, "\n".join(dict.fromkeys(reasons)))
     console.print(table)
     return all_fresh
+
+
+@main.command()
+@_pipeline_options
+@click.option("--method", type=click.Choice(["green", "chrom", "pos", "ica", "lgi", "pbv"]), default="pos",
+              show_default=True, help="Unsupervised rPPG method run on the forehead + cheek ROIs of the crops.")
+@click.option("--mode", type=click.Choice(["toolbox", "windowed"]), default="toolbox", show_default=True,
+              help="toolbox: one HR per whole video (rPPG-Toolbox protocol: detrend lambda=100, band-pass, "
+                   "FFT peak); windowed: one HR per --window-s window every --stride-s.")
+@click.option("--band-hz", nargs=2, type=float, default=(0.75, 2.5), show_default=True,
+              help="HR band, Hz (0.75 2.5 = 45-150 bpm, the NeurIPS 2023 protocol; the Toolbox now uses 0.6 3.3).")
+@click.option("--window-s", type=click.FloatRange(min=2.0), default=10.0, show_default=True,
+              help="Windowed mode: window length, seconds.")
+@click.option("--stride-s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Windowed mode: step between windows, seconds.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write one row per subject (toolbox mode) or per window: subject, hr_pred_bpm, hr_ref_bpm, snr_db.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
+              help="Write PNGs here: Bland-Altman, predicted vs reference HR, per-subject BVP + spectrum.")
+def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], method: str, mode: str,
+             band_hz: tuple[float, float], window_s: float, stride_s: float, csv_path: Path | None,
+             plots: Path | None) -> None:
+    """Score an unsupervised method (GREEN, CHROM, POS, ...) on PIPELINE's build: HR in bpm against the
+    HR of the contact PPG computed the same way; MAE, RMSE, MAPE, Pearson r (with standard errors), SNR.
+
+    Missing nodes are built first (with --root, or the embedded sample without it).
+    """
+    from rich.table import Table
+
+    from rppg_prep.build import environment_threads
+    from rppg_prep.dag import run_build
+    from rppg_prep.evaluate import evaluate_build
+    from rppg_prep.evaluation import metrics
+
+    console = _console()
+    environment_threads()
+    pipe, root, found = _resolve(pipeline, root, cache, subjects, console)
+    results = run_build(pipe, found, cache, root=root)
+    failed = [r for r in results if r.status != "ok"]
+    for r in failed:
+        console.print(f"[red]not evaluated[/] {r.subject}: {r.error}")
+    ok = [r.subject for r in results if r.status == "ok"]
+    if not ok:
+        raise click.ClickException("no subject built; nothing to evaluate")
+    scores = evaluate_build(cache, pipe.dataset, pipe.name, method, mode=mode, band_hz=tuple(band_hz),
+                            window_s=window_s, stride_s=stride_s, subjects=ok)
+    table = Table(title=f"{method.upper()} on {pipe.name} ({mode}, {band_hz[0]}-{band_hz[1]} Hz)")
+    for col in ("subject", "HR pred (bpm)", "HR ref (bpm)", "|error| (bpm)", "SNR (dB)"):
+        table.add_column(col, justify="left" if col == "subject" else "right")
+    for s in scores:
+        err = np.nanmean(np.abs(s.hr_pred_bpm - s.hr_ref_bpm))
+        table.add_row(s.subject, f"{np.nanmedian(s.hr_pred_bpm):.1f}", f"{np.nanmedian(s.hr_ref_bpm):.1f}",
+                      f"{err:.1f}", f"{s.snr_db:.1f}")
+    console.print(table)
+    pred = np.concatenate([s.hr_pred_bpm for s in scores])
+    ref = np.concatenate([s.hr_ref_bpm for s in scores])
+    if len(pred) >= 2:
+        m = metrics(pred, ref, snr_db=[s.snr_db for s in scores])
+        console.print(f"overall (n={m.n}): MAE {m.mae:.2f} ± {m.mae_se:.2f} bpm, RMSE {m.rmse:.2f} ± {m.rmse_se:.2f} "
+                      f"bpm, MAPE {m.mape:.2f} ± {m.mape_se:.2f} %, Pearson r {m.pearson_r:.3f} ± "
+                      f"{m.pearson_r_se:.3f}, SNR {m.snr_db:.2f} ± {m.snr_db_se:.2f} dB")
+    if csv_path is not None:
+        _write_scores_csv(csv_path, scores)
+        console.print(f"csv: {csv_path}")
+    if plots is not None:
+        for path in _score_plots(plots, scores, method):
+            console.print(f"png: {path}")
+    if failed:
+        sys.exit(1)
+
+
+def _write_scores_csv(path: Path, scores) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["subject", "window", "hr_pred_bpm", "hr_ref_bpm", "snr_db"])
+        for s in scores:
+            for i, (p, r) in enumerate(zip(s.hr_pred_bpm, s.hr_ref_bpm)):
+                w.writerow([s.subject, i, f"{p:.3f}", f"{r:.3f}", f"{s.snr_db:.3f}"])
+
+
+def _score_plots(out: Path, scores, method: str) -> list[Path]:
+    from rppg_prep import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    pred = np.concatenate([s.hr_pred_bpm for s in scores])
+    ref = np.concatenate([s.hr_ref_bpm for s in scores])
+    paths = []
+    if len(pred) >= 2:
+        paths.append(plots.bland_altman(pred, ref, out / f"{method}_bland_altman.png", title=method.upper()))
+        paths.append(plots.pred_vs_ref(pred, ref, out / f"{method}_pred_vs_ref.png", title=method.upper()))
+    for s in scores:
+        paths.append(plots.bvp_and_spectrum(s.bvp_pred, s.fs_hz, out / f"{method}_{s.subject}_bvp.png",
+                                            bvp_ref=s.bvp_ref, hr_pred_bpm=float(np.nanmedian(s.hr_pred_bpm)),
+                                            hr_ref_bpm=float(np.nanmedian(s.hr_ref_bpm)),
+                                            title=f"{method.upper()} {s.subject}"))
+    return paths
+
+
+@main.command("inspect")
+@click.argument("pipeline", default="ubfc")
+@click.argument("subject", required=False)
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
+              help="Store root holding the build.")
+@click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write PNGs here, per subject: face crops with landmarks, ST images of segment 0, labels.")
+def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Path | None) -> None:
+    """What a build of PIPELINE stores: per subject, stage and array the shape, dtype, chunks, MB on disk
+    and compression ratio (uncompressed / stored). SUBJECT (e.g. subject3) limits it to one subject.
+    """
+    from rich.table import Table
+
+    from rppg_prep.build import load_pipeline
+    from rppg_prep.errors import RppgPrepError
+    from rppg_prep.inspect import inspect_png, summarize_build
+
+    console = _console()
+    try:
+        pipe = _load_pipeline(pipeline, load_pipeline)
+        rows = summarize_build(cache, pipe.dataset, pipe.name, subject)
+    except RppgPrepError as exc:
+        raise click.ClickException(str(exc)) from None
+    table = Table(title=f"build {pipe.name} of {pipe.dataset} in {cache}")
+    for col, just in (("subject", "left"), ("stage", "left"), ("array", "left"), ("shape", "right"),
+                      ("dtype", "left"), ("chunks", "right"), ("MB on disk", "right"), ("ratio", "right")):
+        table.add_column(col, justify=just, no_wrap=col in ("stage", "array"))
+    for r in rows:
+        ratio = "-" if r["ratio"] != r["ratio"] else ("inf" if r["ratio"] == float("inf") else f"{r['ratio']:.2f}")
+        subj = r["subject"] if r["status"] == "ok" else f"{r['subject']} [red]({r['status']})[/]"
+        mb = r["bytes_stored"] / 1e6
+        table.add_row(subj, r["stage"], r["array"], "x".join(map(str, r["shape"])), r["dtype"],
+                      "x".join(map(str, r["chunks"])), "<0.01" if 0 < mb < 0.005 else f"{mb:.2f}", ratio)
+    stored, raw = sum(r["bytes_stored"] for r in rows), sum(r["nbytes"] for r in rows)
+    table.caption = (f"{len({r['subject'] for r in rows})} subject(s), {stored / 1e6:.1f} MB on disk, "
+                     f"{raw / 1e6:.1f} MB uncompressed (ratio {raw / max(stored, 1):.2f})")
+    console.print(table)
+    if png_dir is not None:
+        for sid in dict.fromkeys(r["subject"] for r in rows):
+            try:
+                paths = inspect_png(cache, pipe.dataset, pipe.name, sid, png_dir)
+            except RppgPrepError as exc:
+                raise click.ClickException(str(exc)) from None
+            for p in paths:
+                click.echo(str(p))
 
 
 @main.command("gc")
