@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 INPUT_SIZE = 64  #: side of the square image the CNN reads, px
 HOG_SIZE = 128  #: side of the square image HOG is computed on, px
@@ -159,13 +158,15 @@ class St2sClassifier(nn.Module):
 
 
 def _train(model: nn.Module, loss_fn, opt, x, y, *, epochs, batch, seed, device) -> None:
+    """Mini-batch loop; a seeded ``torch.Generator`` draws each epoch's shuffle."""
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, generator=gen)
     model.train()
     for _ in range(epochs):
-        for xb, yb in loader:
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch):
+            idx = perm[i:i + batch]
             opt.zero_grad()
-            loss_fn(model(xb.to(device)), yb.to(device)).backward()
+            loss_fn(model(x[idx].to(device)), y[idx].to(device)).backward()
             opt.step()
     model.eval()
 
@@ -215,8 +216,16 @@ def fit_classifier(features, labels, *, epochs: int, lr: float = 1e-3, momentum:
 
 
 def predict_keep(clf: St2sClassifier, features, *, batch: int = 1024) -> np.ndarray:
-    """(N, D) float features -> (N,) bool, True = predicted good (kept), on the model's device."""
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32)).reshape(-1, clf.mean.numel())
+    """(N, D) float features -> (N,) bool, True = predicted good (kept), on the model's device.
+
+    Raises
+    ------
+    ValueError
+        If ``features`` is not (N, D) with the D the classifier was trained on.
+    """
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    if x.ndim != 2 or x.shape[1] != clf.mean.numel():
+        raise ValueError(f"expected (N, {clf.mean.numel()}) features, got {tuple(x.shape)}")
     if len(x) == 0:
         return np.zeros(0, bool)
     return (_predict(clf, x, batch).argmax(1) == 0).numpy()

@@ -325,6 +325,65 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
                 click.echo(str(p))
 
 
+@main.command()
+@click.argument("model", type=click.Choice(["st2s-cnn", "st2s"]))
+@click.option("--build", "pipeline", default="ubfc", show_default=True, help="Pipeline whose build to train on.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
+              help="Store root holding the build; checkpoints go to CACHE/models/.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Stage-1 CNN epochs per leave-one-subject-out fold.")
+@click.option("--threshold-bpm", type=click.FloatRange(min=0.0, min_open=True), default=5.0, show_default=True,
+              help="ST2S split: an ST image whose stage-1 error exceeds this many bpm is bad.")
+@click.option("--stage2-epochs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Stage-2 classifier epochs per fold (st2s only).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Torch device; auto takes CUDA when present.")
+def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: float, stage2_epochs: int,
+          device: str) -> None:
+    """Train MODEL on a finished build, leave one subject out.
+
+    st2s-cnn: the ST2S stage-1 CNN (HR in bpm from 64x64 ST images), then per subject the held-out
+    predictions and the good/bad split as store nodes. st2s: the same, then the stage-2 HOG + MLP
+    classifier, and a table of HR per 10-s segment from stage 1 alone vs two-stage (MAE, RMSE in bpm).
+    """
+    import torch
+
+    from rppg_models import st2s_pipeline as P
+    from rppg_prep.build import load_pipeline
+    from rppg_prep.errors import RppgPrepError
+
+    console = _console()
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    try:
+        pipe = _load_pipeline(pipeline, load_pipeline)
+        with console.status("loading ST images"):
+            from rppg_prep.build import open_build
+
+            data = {sid: P.load_subject(sid, n) for sid, n in open_build(cache, pipe.dataset, pipe.name).items()}
+        with console.status("stage 1: training one CNN per held-out subject") as st:
+            key, path = P.train_stage1(cache, pipe.dataset, pipe.name, P.Stage1Config(epochs=epochs), data=data,
+                                       device=dev, progress=lambda i, n: st.update(f"stage 1: fold {i}/{n} done"))
+        keys = P.write_split(cache, pipe.dataset, pipe.name, key, path, threshold_bpm, data=data)
+    except (RppgPrepError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"stage-1 checkpoint {path} (key {key[:12]}); split nodes for {len(keys)} subject(s)")
+    if model == "st2s-cnn":
+        return
+    with console.status("stage 2: training the good/bad classifier per held-out subject"):
+        res = P.stage2(cache, pipe.dataset, pipe.name, keys, P.Stage2Config(epochs=stage2_epochs), data=data,
+                       device=dev)
+    from rich.table import Table
+
+    table = Table(title="ST2S, HR per 10-s segment, leave one subject out (bpm)")
+    for col in ("subject", "stage 1 MAE", "stage 1 RMSE", "two-stage MAE", "two-stage RMSE", "kept"):
+        table.add_column(col, justify="left" if col == "subject" else "right")
+    for sid, r in res.items():
+        e1, e2 = r["stage1_bpm"] - r["label_bpm"], r["two_stage_bpm"] - r["label_bpm"]
+        table.add_row(sid, f"{np.nanmean(np.abs(e1)):.1f}", f"{np.sqrt(np.nanmean(e1**2)):.1f}",
+                      f"{np.nanmean(np.abs(e2)):.1f}", f"{np.sqrt(np.nanmean(e2**2)):.1f}", f"{r['keep_fraction']:.0%}")
+    console.print(table)
+
+
 @main.command("gc")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
               help="Store root to clean.")

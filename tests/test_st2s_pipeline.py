@@ -1,0 +1,79 @@
+"""ST2S end to end on the embedded sample: stage 1, split nodes, stage 2; retraining re-keys only the split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rppg_models import st2s_pipeline as P
+from rppg_prep.build import open_build
+from rppg_prep.cli import main
+from rppg_prep.sample import write_ubfc_sample
+from rppg_prep.store import open_node
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root, cache = tmp_path_factory.mktemp("st2s_root"), tmp_path_factory.mktemp("st2s_cache")
+    write_ubfc_sample(root, n_subjects=3, duration_s=20.5, seed=9)
+    assert CliRunner().invoke(main, ["build", "ubfc", "--root", str(root), "--cache", str(cache)]).exit_code == 0
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    data = {sid: P.load_subject(sid, n) for sid, n in open_build(cache, "ubfc", "ubfc").items()}
+    yield cache, data
+    torch.set_num_threads(old)
+
+
+def _manifest(cache):
+    return json.loads((cache / "ubfc.builds" / "ubfc.json").read_text())["subjects"]
+
+
+def test_two_stage_runs_end_to_end(built):
+    cache, data = built
+    assert {d.shape for d in data.values()} == {(2, 29)}
+    key, path = P.train_stage1(cache, "ubfc", "ubfc", P.Stage1Config(epochs=1), data=data)
+    assert sorted(p.name for p in path.glob("fold-*.pt")) == ["fold-subject1.pt", "fold-subject2.pt", "fold-subject3.pt"]
+    assert json.loads((path / "meta.json").read_text())["build"]["pipeline"] == "ubfc"
+    keys = P.write_split(cache, "ubfc", "ubfc", key, path, 5.0, data=data)
+    for sid, k in keys.items():
+        pred = open_node(cache / _manifest(cache)[sid]["nodes"]["st2s_pred"]["path"])["hr_bpm"][:]
+        split = open_node(cache / _manifest(cache)[sid]["nodes"]["split"]["path"])
+        assert pred.shape == (2, 29) and np.isfinite(pred).all()
+        err = np.abs(pred - open_build(cache, "ubfc", "ubfc")[sid]["labels"]["st_hr_bpm"][:][:, None])
+        np.testing.assert_array_equal(split["bad"][:], (err > 5.0).astype(np.int8))
+    res = P.stage2(cache, "ubfc", "ubfc", keys, P.Stage2Config(epochs=2), data=data)
+    for r in res.values():
+        assert r["two_stage_bpm"].shape == (2,) and np.isfinite(r["two_stage_bpm"]).all()
+        assert r["stage1_bpm"].shape == (2,) and 0.0 <= r["keep_fraction"] <= 1.0
+
+
+def test_retraining_rekeys_the_split_and_nothing_upstream(built):
+    cache, data = built
+    k1, p1 = P.train_stage1(cache, "ubfc", "ubfc", P.Stage1Config(epochs=1), data=data)
+    s1 = P.write_split(cache, "ubfc", "ubfc", k1, p1, 5.0, data=data)
+    before = _manifest(cache)
+    k2, p2 = P.train_stage1(cache, "ubfc", "ubfc", P.Stage1Config(epochs=1, seed=1), data=data)
+    assert k2 != k1 and p2 != p1
+    s2 = P.write_split(cache, "ubfc", "ubfc", k2, p2, 5.0, data=data)
+    after = _manifest(cache)
+    for sid in s1:
+        assert s2[sid]["split"] != s1[sid]["split"] and s2[sid]["st2s_pred"] != s1[sid]["st2s_pred"]
+        for stage in ("decode", "landmarks", "face", "clips", "st_map", "labels"):
+            assert after[sid]["nodes"][stage] == before[sid]["nodes"][stage]
+    # a new threshold re-keys only the split, not the predictions
+    s3 = P.write_split(cache, "ubfc", "ubfc", k2, p2, 8.0, data=data)
+    for sid in s1:
+        assert s3[sid]["st2s_pred"] == s2[sid]["st2s_pred"] and s3[sid]["split"] != s2[sid]["split"]
+    # the same config reuses the checkpoint
+    assert P.train_stage1(cache, "ubfc", "ubfc", P.Stage1Config(epochs=1), data=data) == (k1, p1)
+
+
+def test_train_cli_runs_both_stages(built):
+    cache, _ = built
+    res = CliRunner().invoke(main, ["train", "st2s", "--cache", str(cache), "--epochs", "1", "--stage2-epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "two-stage MAE" in res.output and "subject3" in res.output
