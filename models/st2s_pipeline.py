@@ -83,7 +83,6 @@ def load_subject(sid: str, nodes: dict[str, Any]) -> SubjectData:
         seg = np.asarray(imgs[s])
         tens.append(st2s.st_to_tensor(seg))
         hogs.append(st2s.hog_features(seg))
-    n = s_count * r_count
     return SubjectData(
         subject=sid,
         images=torch.cat(tens) if tens else torch.zeros((0, 3, 64, 64)),
@@ -198,7 +197,8 @@ def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, c
             pred = open_node(ppath)["hr_bpm"][:]
             bad, err = good_bad(pred, nodes["labels"]["st_hr_bpm"][:], threshold_bpm)
             attrs = {"key": skey, "stage": "split", "version": SPLIT_STAGE.version, "subject": sid,
-                     "params": json.loads(canonical_json(params)), "inputs": {"st2s_pred": pkey, "labels": up["labels"]}}
+                     "params": json.loads(canonical_json(params)),
+                     "inputs": {"st2s_pred": pkey, "labels": up["labels"]}}
             with NodeWriter(spath, attrs) as w:
                 w.write("bad", bad, chunks=bad.shape or (1,), axes=("segment", "strip"))
                 w.write("abs_error_bpm", err, chunks=err.shape or (1,), unit="bpm", axes=("segment", "strip"))

@@ -36,7 +36,8 @@ def test_two_stage_runs_end_to_end(built):
     cache, data = built
     assert {d.shape for d in data.values()} == {(2, 29)}
     key, path = P.train_stage1(cache, "ubfc", "ubfc", P.Stage1Config(epochs=1), data=data)
-    assert sorted(p.name for p in path.glob("fold-*.pt")) == ["fold-subject1.pt", "fold-subject2.pt", "fold-subject3.pt"]
+    folds = sorted(p.name for p in path.glob("fold-*.pt"))
+    assert folds == ["fold-subject1.pt", "fold-subject2.pt", "fold-subject3.pt"]
     assert json.loads((path / "meta.json").read_text())["build"]["pipeline"] == "ubfc"
     keys = P.write_split(cache, "ubfc", "ubfc", key, path, 5.0, data=data)
     for sid, k in keys.items():
