@@ -1,0 +1,168 @@
+"""A torch ``Dataset`` over a finished build: clips (or ST images) and their labels, read lazily.
+
+The store keeps uint8 pixels and float32 signals; the normalisation a model family asks for is
+applied here, at read time (rPPG-Toolbox's data types, prior-art.md §1.3):
+
+``raw``
+    pixels / 255.
+``diffnorm``
+    (x[t+1] - x[t]) / (x[t+1] + x[t] + 1e-7), divided by its standard deviation, last frame zero.
+``standardized``
+    (x - mean) / std.
+
+Deviation from the Toolbox: the statistics are those of the clip, not of the whole video (a clip
+is all a reader sees; the Toolbox's whole-video statistics also leak the future into a window).
+Labels are the contact PPG of the clip's frames (``labels/bvp``), z-scored per clip, or
+diff-normalised for ``label_norm="diffnorm"``.
+
+Each DataLoader worker opens the zarr store on first use (no open handles cross a fork), and items
+are CPU tensors; :func:`to_device` moves a batch with pinned memory and ``non_blocking`` on CUDA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["ClipDataset", "normalize", "subject_folds", "to_device", "NORMALIZATIONS", "LAYOUTS"]
+
+NORMALIZATIONS = ("raw", "diffnorm", "standardized")
+LAYOUTS = ("NCDHW", "NDCHW", "NDHWC")
+
+
+def normalize(clip: np.ndarray, how: str) -> np.ndarray:
+    """Normalise one clip.
+
+    Parameters
+    ----------
+    clip : ndarray of uint8, shape (L, H, W, 3)
+    how : {"raw", "diffnorm", "standardized"}
+
+    Returns
+    -------
+    ndarray of float32, shape (L, H, W, 3)
+
+    Raises
+    ------
+    ValueError
+        Unknown ``how``.
+
+    Examples
+    --------
+    >>> normalize(np.full((3, 1, 1, 3), 51, np.uint8), "raw")[0, 0, 0].tolist()
+    [0.2, 0.2, 0.2]
+    """
+    x = clip.astype(np.float32)
+    if how == "raw":
+        return x / 255.0
+    if how == "standardized":
+        return (x - x.mean()) / (x.std() + 1e-7)
+    if how == "diffnorm":
+        d = np.zeros_like(x)
+        d[:-1] = (x[1:] - x[:-1]) / (x[1:] + x[:-1] + 1e-7)
+        return d / (d.std() + 1e-7)
+    raise ValueError(f"normalisation must be one of {NORMALIZATIONS}, got {how!r}")
+
+
+def _label(bvp: np.ndarray, how: str) -> np.ndarray:
+    if how == "diffnorm":
+        d = np.zeros_like(bvp)
+        d[:-1] = np.diff(bvp)
+        return d / (d.std() + 1e-7)
+    return (bvp - bvp.mean()) / (bvp.std() + 1e-7)
+
+
+def subject_folds(subjects: list[str], n_folds: int, fold: int) -> tuple[list[str], list[str]]:
+    """Subject-disjoint split: subject i (in the given, natural order) is tested in fold i mod n_folds.
+
+    Returns
+    -------
+    (train_subjects, test_subjects)
+
+    Raises
+    ------
+    ValueError
+        ``fold`` outside [0, n_folds) or fewer subjects than folds.
+    """
+    if not 0 <= fold < n_folds or len(subjects) < n_folds:
+        raise ValueError(f"fold {fold} of {n_folds} impossible with {len(subjects)} subjects")
+    test = [s for i, s in enumerate(subjects) if i % n_folds == fold]
+    return [s for s in subjects if s not in test], test
+
+
+class ClipDataset(Dataset):
+    """Clips of a build with their labels.
+
+    Parameters
+    ----------
+    cache, dataset, pipeline
+        The build (see :func:`rppg_prep.open_build`).
+    subjects : list of str, optional
+        Only these (e.g. one side of :func:`subject_folds`); default every subject of the build.
+    norm : {"raw", "diffnorm", "standardized"}
+        Pixel normalisation.
+    label_norm : {"standardized", "diffnorm"}
+    layout : {"NCDHW", "NDCHW", "NDHWC"}
+        Axis order of an item without the batch axis (C channels, D frames).
+
+    Items are ``(x, bvp, hr_bpm, index)``: x float32 in ``layout``, bvp float32 (L,), the clip's
+    label HR (bpm, from the labels node) and (subject number, clip number).
+    """
+
+    def __init__(self, cache: str | Path, dataset: str, pipeline: str, *, subjects: list[str] | None = None,
+                 norm: str = "raw", label_norm: str = "standardized", layout: str = "NCDHW"):
+        from rppg_prep.build import open_build
+        from rppg_prep.store import read_manifest
+
+        if norm not in NORMALIZATIONS or layout not in LAYOUTS:
+            raise ValueError(f"norm must be one of {NORMALIZATIONS} and layout one of {LAYOUTS}")
+        build = open_build(cache, dataset, pipeline)
+        self.subjects = subjects or list(build)
+        missing = [s for s in self.subjects if s not in build]
+        if missing:
+            raise KeyError(f"subject(s) {missing} not in build {pipeline!r}; built: {', '.join(build)}")
+        nodes = read_manifest(cache, dataset, pipeline)["subjects"]
+        self.paths = {s: tuple(str(Path(cache) / nodes[s]["nodes"][st]["path"]) for st in ("clips", "labels"))
+                      for s in self.subjects}
+        self.windows = {s: build[s]["clips"]["window"][:] for s in self.subjects}
+        self.hr = {s: build[s]["labels"]["clip_hr_bpm"][:] for s in self.subjects}
+        self.index = [(i, k) for i, s in enumerate(self.subjects) for k in range(len(self.windows[s]))]
+        self.norm, self.label_norm, self.layout = norm, label_norm, layout
+        self._open: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _nodes(self) -> dict[str, Any]:
+        if self._open is None:  # first use in this process (a DataLoader worker opens its own)
+            import zarr
+
+            self._open = {s: (zarr.open_group(c, mode="r"), zarr.open_group(lab, mode="r"))
+                          for s, (c, lab) in self.paths.items()}
+        return self._open
+
+    def __getitem__(self, i: int):
+        si, k = self.index[i]
+        sid = self.subjects[si]
+        clips, labels = self._nodes()[sid]
+        a, b = self.windows[sid][k]
+        x = normalize(np.asarray(clips["clips"][k]), self.norm)          # (L, H, W, C)
+        if self.layout == "NCDHW":
+            x = x.transpose(3, 0, 1, 2)
+        elif self.layout == "NDCHW":
+            x = x.transpose(0, 3, 1, 2)
+        bvp = _label(np.asarray(labels["bvp"][a:b], dtype=np.float32), self.label_norm)
+        return (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(bvp.astype(np.float32)),
+                torch.tensor(float(self.hr[sid][k])), torch.tensor([si, k]))
+
+
+def to_device(batch, device: torch.device | str):
+    """Move a batch of tensors to ``device`` (pinned memory, non-blocking copies on CUDA)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return batch
+    return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
