@@ -1,0 +1,212 @@
+"""Bousefsaf 3D-CNN: pulse-rate classification and mapping from 60-frame, 25x25-pixel video patches.
+
+Implemented in torch from the written specification (``design/models.md`` §3) of Bousefsaf, Pruski
+and Maaoui, "3D convolutional neural networks for remote pulse rate measurement and mapping from
+facial video", Applied Sciences 9(20):4364, 2019 (reference: Keras/TF1). The net is trained on
+synthetic pseudo-PPG videos only (:mod:`rppg_models.synthetic`) and classifies a zero-mean
+(1, 60, 25, 25) patch of the G channel (/255) into 76 classes: 75 heart rates
+``linspace(55, 240, 75)`` bpm (2.5-bpm bins) and a "noise / no pulse" class (index 75, reported as
+-1 bpm). At inference every 25x25 patch position and every 60-frame window gives a softmax, i.e. a
+map (T-59, H-24, W-24, 76) (:func:`predict_map`).
+
+Architecture (:class:`Cnn3d`, 929,388 parameters, as the reference):
+Conv3d 1->32, kernel (58, 20, 20), stride 1, no padding, bias, no activation -> (32, 3, 6, 6);
+MaxPool3d 2 -> (32, 1, 3, 3); ReLU; Dropout 0.2; Flatten -> 288; Linear 512 + ReLU; Dropout 0.2;
+Linear 76 (softmax in Keras).
+
+Keras -> torch differences (behaviour otherwise identical):
+
+* Layout: torch's channels-first (B, 1, 60, 25, 25); Keras' channels-last (B, 60, 25, 25, 1) and the
+  channel-less (B, 60, 25, 25) are accepted too (unambiguous because T = 60 != 1).
+* Flatten: the pooled (32, 1, 3, 3) map is flattened channels-last (t, h, w, c), Keras' order, so a
+  Keras Dense kernel ports as its transpose without permuting rows. Other weight ports: Conv3D kernel
+  (kT, kH, kW, 1, 32) -> ``permute(4, 3, 0, 1, 2)``; Dense kernel (in, out) -> ``.T``.
+* Padding: Keras "valid" = torch ``padding=0``; Keras' MaxPooling3D "valid" = torch floor mode.
+* Output: :meth:`Cnn3d.forward` returns logits (use ``nn.CrossEntropyLoss``, equivalent to softmax +
+  categorical cross-entropy); :func:`predict_proba` applies the softmax.
+* Initialisation: Keras' defaults (Glorot-uniform weights, zero biases) instead of torch's.
+* Optimiser: :func:`make_optimizer` is Adam with Keras' defaults (lr 1e-3, betas 0.9/0.999,
+  eps 1e-7; torch's default eps is 1e-8).
+
+Reference-code issues handled:
+
+* The released scripts hard-code two different class grids: training has
+  ``linspace(55, 150, 39)`` active with ``linspace(55, 240, 75)`` commented out, and prediction
+  rebuilds the grid as ``linspace(55, 150, n_outputs - 1)``, which for the 76-output model the spec
+  describes would label the classes 55..150 in 1.28-bpm steps instead of 55..240 in 2.5-bpm steps.
+  Here one grid, :data:`HR_CLASSES_BPM`, serves both training labels and decoding.
+* How the map is reduced to one HR is not in the code (paper only). :func:`reduce_hr_map` is
+  [INFERRED]: per window, average the softmax over the patches (optionally only a mask of them),
+  drop the noise class, take the HR class with the largest mean probability; -1 bpm only when every
+  considered patch's own argmax is the noise class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+LENGTH = 60  #: frames per input window (2 s at 30 fps)
+PATCH = 25  #: patch side, px
+N_HR_CLASSES = 75  #: heart-rate classes
+NOISE_CLASS = 75  #: index of the "noise / no pulse" class
+N_CLASSES = 76  #: HR classes + noise
+NOISE_BPM = -1.0  #: HR reported for the noise class
+HR_CLASSES_BPM = np.linspace(55.0, 240.0, N_HR_CLASSES)  #: HR of class c < 75, bpm (2.5-bpm steps)
+CLASS_BPM = np.append(HR_CLASSES_BPM, NOISE_BPM)  #: (76,) bpm of every class, noise = -1
+
+
+def class_to_bpm(classes) -> np.ndarray:
+    """Class indices (any shape) -> bpm (float), the noise class -> -1."""
+    return CLASS_BPM[np.asarray(classes)]
+
+
+def bpm_to_class(bpm) -> np.ndarray:
+    """HR in bpm (any shape) -> nearest HR class (int64); values outside [55, 240] clip to the ends.
+
+    Raises
+    ------
+    ValueError
+        If any value is not finite (use :data:`NOISE_CLASS` explicitly for "no pulse").
+    """
+    bpm = np.asarray(bpm, float)
+    if not np.all(np.isfinite(bpm)):
+        raise ValueError("bpm must be finite")
+    step = HR_CLASSES_BPM[1] - HR_CLASSES_BPM[0]
+    return np.clip(np.rint((bpm - HR_CLASSES_BPM[0]) / step), 0, N_HR_CLASSES - 1).astype(np.int64)
+
+
+class Cnn3d(nn.Module):
+    """The 3D-CNN: Conv3d(1->32, 58x20x20) -> MaxPool 2 -> ReLU -> Dropout -> FC 512 -> FC 76 logits."""
+
+    def __init__(self, dropout: float = 0.2):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 32, kernel_size=(58, 20, 20))
+        self.pool = nn.MaxPool3d(2)
+        self.drop1 = nn.Dropout(dropout)
+        self.fc1 = nn.Linear(32 * 1 * 3 * 3, 512)
+        self.drop2 = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(512, N_CLASSES)
+        for m in (self.conv, self.fc1, self.fc2):  # Keras defaults
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def to_input(x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 60, 25, 25), (B, 60, 25, 25, 1) or (B, 60, 25, 25) -> (B, 1, 60, 25, 25).
+
+        Raises
+        ------
+        ValueError
+            On any other shape.
+        """
+        shape = tuple(x.shape[1:])
+        if x.ndim == 5 and shape == (1, LENGTH, PATCH, PATCH):
+            return x
+        if x.ndim == 5 and shape == (LENGTH, PATCH, PATCH, 1):
+            return x.permute(0, 4, 1, 2, 3)
+        if x.ndim == 4 and shape == (LENGTH, PATCH, PATCH):
+            return x.unsqueeze(1)
+        raise ValueError(f"expected (B, 1, 60, 25, 25), (B, 60, 25, 25, 1) or (B, 60, 25, 25), "
+                         f"got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-mean patches (see :meth:`to_input` for layouts) -> (B, 76) logits."""
+        h = self.drop1(torch.relu(self.pool(self.conv(self.to_input(x)))))  # (B, 32, 1, 3, 3)
+        h = h.permute(0, 2, 3, 4, 1).flatten(1)  # Keras' channels-last flatten order
+        return self.fc2(self.drop2(torch.relu(self.fc1(h))))
+
+
+def make_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Adam:
+    """Adam with Keras' defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-7), as the reference."""
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-7)
+
+
+def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Softmax class probabilities (B, 76), eval mode, no grad (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.softmax(model(x), dim=-1)
+    finally:
+        model.train(was_training)
+
+
+def hr_from_logits(logits) -> np.ndarray:
+    """(..., 76) logits or probabilities (torch or numpy) -> (...) bpm of the argmax class; noise -> -1."""
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().cpu().numpy()
+    logits = np.asarray(logits)
+    if logits.shape[-1:] != (N_CLASSES,):
+        raise ValueError(f"last axis must have {N_CLASSES} classes, got {logits.shape}")
+    return class_to_bpm(logits.argmax(axis=-1))
+
+
+def reduce_hr_map(prob_map, mask=None) -> np.ndarray:
+    """One HR per window from a probability map (W, Y, X, 76) (``map_p`` layout) -> (W,) bpm.
+
+    [INFERRED, the code does not reduce the map]: per window, mean of the softmax over the patch
+    positions (only those where ``mask`` (Y, X) is true, e.g. skin), noise class dropped, argmax over
+    the 75 HR classes; -1 when every considered patch's argmax is the noise class.
+
+    Raises
+    ------
+    ValueError
+        On a map without 76 classes on the last axis, a mask of another shape or an empty mask.
+    """
+    p = np.asarray(prob_map, float)
+    if p.ndim != 4 or p.shape[-1] != N_CLASSES:
+        raise ValueError(f"expected (W, Y, X, {N_CLASSES}), got {p.shape}")
+    if mask is None:
+        mask = np.ones(p.shape[1:3], bool)
+    mask = np.asarray(mask, bool)
+    if mask.shape != p.shape[1:3] or not mask.any():
+        raise ValueError(f"mask must be a non-empty {p.shape[1:3]} boolean array")
+    sel = p[:, mask]  # (W, P, 76)
+    hr = HR_CLASSES_BPM[sel[..., :N_HR_CLASSES].mean(axis=1).argmax(axis=-1)]
+    all_noise = (sel.argmax(axis=-1) == NOISE_CLASS).all(axis=1)
+    return np.where(all_noise, NOISE_BPM, hr)
+
+
+def predict_map(model: nn.Module, frames, *, rng: np.random.Generator | None = None,
+                patch_stride: int = 1, time_stride: int = 1, batch_size: int = 512) -> np.ndarray:
+    """Softmax map of a video: every patch position and 60-frame window, as the reference predicts.
+
+    ``frames``: (T, H, W) G channel scaled to [0, 1], or (T, H, W, 3) uint8 RGB (G / 255 is taken).
+    Per patch position (stride ``patch_stride``; the reference uses 1) the 625 pixels of each frame
+    are shuffled independently (the reference's random pixel location) if ``rng`` is given, then
+    every window (stride ``time_stride``) minus its own mean is classified.
+
+    Returns
+    -------
+    (n_windows, n_y, n_x, 76) float32; with strides 1: (T-59, H-24, W-24, 76).
+
+    Raises
+    ------
+    ValueError
+        If ``frames`` is not one of the two layouts or is smaller than 60 x 25 x 25.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8:
+        frames = frames[..., 1] / 255.0
+    if frames.ndim != 3 or frames.shape[0] < LENGTH or min(frames.shape[1:]) < PATCH:
+        raise ValueError(f"expected (T>=60, H>=25, W>=25[, 3]) frames, got {frames.shape}")
+    t, h, w = frames.shape
+    starts_t = np.arange(0, t - LENGTH + 1, time_stride)
+    ys, xs = np.arange(0, h - PATCH + 1, patch_stride), np.arange(0, w - PATCH + 1, patch_stride)
+    out = np.empty((len(starts_t), len(ys), len(xs), N_CLASSES), np.float32)
+    win_idx = starts_t[:, None] + np.arange(LENGTH)[None, :]  # (n_windows, 60)
+    for iy, y in enumerate(ys):
+        for ix, x in enumerate(xs):
+            patch = frames[:, y:y + PATCH, x:x + PATCH].reshape(t, PATCH * PATCH)
+            if rng is not None:
+                patch = rng.permuted(patch, axis=1)
+            patch = patch.astype(np.float32)
+            for b in range(0, len(starts_t), batch_size):
+                windows = patch[win_idx[b:b + batch_size]]  # (batch, 60, 625)
+                windows -= windows.mean(axis=(1, 2), dtype=np.float64, keepdims=True).astype(np.float32)
+                windows = torch.from_numpy(windows.reshape(-1, LENGTH, PATCH, PATCH))
+                out[b:b + batch_size, iy, ix] = predict_proba(model, windows).numpy()
+    return out
