@@ -145,7 +145,7 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 seen += len(x)
                 if bar:
                     rate = seen / (time.perf_counter() - t0)
