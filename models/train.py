@@ -62,8 +62,21 @@ def _meta_rppg() -> Family:
     return Family(meta_rppg.MetaRppg, "raw", "NDCHW", 60, loss)
 
 
+def _ienet() -> Family:
+    from rppg_models import ienet
+
+    def build():
+        return ienet.Ienet(use_nir=False)  # RGB-only: the UBFC builds have no NIR video
+
+    def loss(model, x, bvp):
+        _, _, fused = model(x)
+        return ienet.rppg_loss(fused, bvp)
+
+    return Family(build, "raw", "NCDHW", 128, loss)
+
+
 #: family name -> factory of its :class:`Family` (imported only when used)
-FAMILIES: dict[str, Callable[[], Family]] = {"stgnet": _stgnet, "meta-rppg": _meta_rppg}
+FAMILIES: dict[str, Callable[[], Family]] = {"stgnet": _stgnet, "meta-rppg": _meta_rppg, "ienet": _ienet}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -326,7 +326,7 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
 
 
 @main.command()
-@click.argument("model", type=click.Choice(["st2s-cnn", "st2s"]))
+@click.argument("model", type=click.Choice(["st2s-cnn", "st2s", "stgnet", "meta-rppg", "ienet"]))
 @click.option("--build", "pipeline", default="ubfc", show_default=True, help="Pipeline whose build to train on.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
               help="Store root holding the build; checkpoints go to CACHE/models/.")
@@ -338,15 +338,36 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
               help="Stage-2 classifier epochs per fold (st2s only).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Torch device; auto takes CUDA when present.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="stgnet / meta-rppg / ienet: optimiser steps.")
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="stgnet / meta-rppg / ienet: clips per step.")
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-4, show_default=True,
+              help="stgnet / meta-rppg / ienet: Adam learning rate.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="stgnet / meta-rppg / ienet: checkpoint folder (default CACHE/models).")
 def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: float, stage2_epochs: int,
-          device: str) -> None:
-    """Train MODEL on a finished build, leave one subject out.
+          device: str, steps: int, batch: int, lr: float, out: Path | None) -> None:
+    """Train MODEL on a finished build.
 
-    st2s-cnn: the ST2S stage-1 CNN (HR in bpm from 64x64 ST images), then per subject the held-out
-    predictions and the good/bad split as store nodes. st2s: the same, then the stage-2 HOG + MLP
-    classifier, and a table of HR per 10-s segment from stage 1 alone vs two-stage (MAE, RMSE in bpm).
+    st2s-cnn: the ST2S stage-1 CNN (HR in bpm from 64x64 ST images), leave one subject out, then per
+    subject the held-out predictions and the good/bad split as store nodes. st2s: the same, then the
+    stage-2 HOG + MLP classifier, and a table of HR per 10-s segment from stage 1 alone vs two-stage
+    (MAE, RMSE in bpm). stgnet, meta-rppg, ienet (RGB only): STEPS optimiser steps on the build's
+    clips (BVP labels), a progress bar with loss and clips/s, and a checkpoint recording the build.
     """
     import torch
+
+    if model in ("stgnet", "meta-rppg", "ienet"):
+        from rppg_models.train import TrainConfig, fit
+        from rppg_prep.build import load_pipeline
+
+        pipe = _load_pipeline(pipeline, load_pipeline)
+        res = fit(model, cache, pipe.dataset, pipe.name, TrainConfig(steps=steps, batch=batch, lr=lr),
+                  device=device, out=out or Path(cache) / "models")
+        click.echo(f"{model}: {len(res['losses'])} steps on {res['device']}, loss {res['losses'][0]:.4f} -> "
+                   f"{res['losses'][-1]:.4f}, {res['clips_per_s']:.1f} clips/s, checkpoint {res['checkpoint']}")
+        return
 
     from rppg_models import st2s_pipeline as P
     from rppg_prep.build import load_pipeline

@@ -34,3 +34,15 @@ def test_unknown_family_names_the_known_ones(real_build):
     _, cache, _ = real_build
     with pytest.raises(KeyError, match="meta-rppg"):
         fit("nope", cache, "ubfc", "ubfc")
+
+
+def test_train_command_runs_a_family(real_build, tmp_path, one_thread):
+    from click.testing import CliRunner
+
+    from rppg_prep.cli import main
+
+    _, cache, _ = real_build
+    res = CliRunner().invoke(main, ["train", "meta-rppg", "--cache", str(cache), "--steps", "1", "--batch", "1",
+                                    "--device", "cpu", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "1 steps on cpu" in res.output and list(tmp_path.glob("meta-rppg-*.pt"))

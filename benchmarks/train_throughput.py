@@ -1,0 +1,64 @@
+"""Is the reader the bottleneck? Clips/s the Dataset delivers vs clips/s a training step consumes (run by hand).
+
+    .venv/bin/python benchmarks/train_throughput.py --cache CACHE [--steps 3] [--batch 2]
+
+CACHE holds a build of the real UBFC-rPPG subjects (``rppg-prep build ubfc --root ../shared/data/ubfc-rppg``).
+For each registered family (models/train.py): the DataLoader's clips/s reading that family's clips
+(its normalisation and layout, batch 8, 0 and 2 workers, 48 clips) and the clips/s of ``fit`` (CPU,
+or CUDA when present) over ``--steps`` steps; the ratio reader / step should be >= 20 on CPU.
+Writes benchmarks/results/train-throughput-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from rppg_models.data import ClipDataset
+from rppg_models.train import FAMILIES, TrainConfig, fit
+
+
+def reader_clips_per_s(cache: Path, fam, workers: int, n: int = 48) -> float:
+    ds = ClipDataset(cache, "ubfc", "ubfc", norm=fam.norm, layout=fam.layout)
+    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(0))
+    seen, t0 = 0, time.perf_counter()
+    for x, *_ in loader:
+        seen += len(x)
+        if seen >= n:
+            break
+    return seen / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=2)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = {}
+    for name, factory in FAMILIES.items():
+        fam = factory()
+        r0, r2 = reader_clips_per_s(args.cache, fam, 0), reader_clips_per_s(args.cache, fam, 2)
+        res = fit(name, args.cache, "ubfc", "ubfc", TrainConfig(steps=args.steps, batch=args.batch), device=device,
+                  progress=False)
+        rows[name] = {"reader_clips_per_s_0_workers": round(r0, 1), "reader_clips_per_s_2_workers": round(r2, 1),
+                      "train_clips_per_s": round(res["clips_per_s"], 2), "device": device,
+                      "ratio": round(max(r0, r2) / res["clips_per_s"], 1)}
+        print(name, rows[name], flush=True)
+    print("| family | reader clips/s (0 / 2 workers) | training clips/s | reader / training |\n|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['reader_clips_per_s_0_workers']} / {r['reader_clips_per_s_2_workers']} | "
+              f"{r['train_clips_per_s']} ({r['device']}) | {r['ratio']}× |")
+    dest = Path(__file__).resolve().parent / "results" / f"train-throughput-{time.strftime('%Y-%m-%d')}.json"
+    dest.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "families": rows}, indent=1))
+    print(f"written {dest}")
+
+
+if __name__ == "__main__":
+    main()
