@@ -78,3 +78,14 @@ def test_train_cli_runs_both_stages(built):
     res = CliRunner().invoke(main, ["train", "st2s", "--cache", str(cache), "--epochs", "1", "--stage2-epochs", "1"])
     assert res.exit_code == 0, res.output
     assert "two-stage MAE" in res.output and "subject3" in res.output
+
+
+def test_split_rule_just_below_at_and_above_the_threshold():
+    from rppg_prep.stages.split import SplitParams, good_bad
+
+    pred = np.array([[104.99, 105.0, 105.01, 94.99], [60.0, 70.0, 80.0, 90.0]])
+    bad, err = good_bad(pred, np.array([100.0, np.nan]), 5.0)
+    assert bad.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]  # a NaN label is bad
+    np.testing.assert_allclose(err[0], [4.99, 5.0, 5.01, 5.01], atol=1e-4)
+    with pytest.raises(ValueError):
+        SplitParams(threshold_bpm=0.0)
