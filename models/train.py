@@ -181,3 +181,48 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
         torch.save({"state_dict": model.state_dict(), **meta}, path)
         result["checkpoint"] = path
     return result
+
+
+def fit_cnn3d_synthetic(*, steps: int = 100, batch: int = 32, lr: float = 1e-3, seed: int = 0,
+                        device: str = "auto") -> tuple[torch.nn.Module, list[float]]:
+    """Train Bousefsaf's 3D-CNN on its pseudo-PPG videos alone, as the paper does.
+
+    Every step draws a fresh batch from :func:`rppg_models.synthetic.generate` (balanced over the
+    75 HR classes and the noise class) and takes one Adam step on the cross-entropy.
+
+    Returns
+    -------
+    (model in eval mode, losses per step)
+    """
+    from rppg_models import cnn3d, synthetic
+
+    dev = pick_device(device)
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    model = cnn3d.Cnn3d().to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-7)
+    losses = []
+    for _ in range(steps):
+        labels = rng.integers(0, cnn3d.N_CLASSES, batch)
+        videos, labels = synthetic.generate(batch, rng=rng, labels=labels)
+        x, y = torch.from_numpy(videos).to(dev), torch.from_numpy(labels).to(dev)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return model.eval(), losses
+
+
+def cnn3d_clip_hr(model: torch.nn.Module, clip_uint8: np.ndarray, *, patch_stride: int = 13,
+                  time_stride: int = 50) -> float:
+    """One HR (bpm; -1 when every window says noise) for a stored clip (L, H, W, 3) uint8, from the
+    3D-CNN's HR map over its green channel (patches every ``patch_stride`` px, windows every
+    ``time_stride`` frames), reduced per 60-frame window by :func:`rppg_models.cnn3d.reduce_hr_map`;
+    the clip's HR is the median over the windows that are not noise."""
+    from rppg_models import cnn3d
+
+    prob = cnn3d.predict_map(model, clip_uint8, patch_stride=patch_stride, time_stride=time_stride)
+    per_window = np.atleast_1d(np.asarray(cnn3d.reduce_hr_map(prob), dtype=np.float64))
+    pulse = per_window[per_window > 0]
+    return float(np.median(pulse)) if pulse.size else -1.0

@@ -46,3 +46,16 @@ def test_train_command_runs_a_family(real_build, tmp_path, one_thread):
                                     "--device", "cpu", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "1 steps on cpu" in res.output and list(tmp_path.glob("meta-rppg-*.pt"))
+
+
+def test_cnn3d_trains_on_synthetic_videos_and_reads_real_clips(real_build, one_thread):
+    import rppg_prep
+    from rppg_models import cnn3d
+    from rppg_models.train import cnn3d_clip_hr, fit_cnn3d_synthetic
+
+    model, losses = fit_cnn3d_synthetic(steps=2, batch=8, device="cpu")
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    _, cache, _ = real_build
+    clip = rppg_prep.open_build(cache, "ubfc", "ubfc")["subject12"]["clips"]["clips"][0]
+    hr = cnn3d_clip_hr(model, clip)
+    assert hr == -1.0 or cnn3d.HR_CLASSES_BPM[0] <= hr <= cnn3d.HR_CLASSES_BPM[-1]
