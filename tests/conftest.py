@@ -8,6 +8,7 @@ missing folder is a failure so that real-data tests cannot silently vanish.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -78,3 +79,20 @@ def array_hashes(cache: Path, pipeline: str = "ubfc", dataset: str = "ubfc") -> 
                 data = np.ascontiguousarray(arr[...])
                 out[f"{sid}/{stage}/{name}"] = hashlib.sha256(data.tobytes() + str(data.shape).encode()).hexdigest()
     return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run with ``n`` torch intra-op threads, restoring the previous count afterwards.
+
+    Model tests use 1 (or 2 for the heaviest): fewer spinning threads are faster and steadier on a
+    loaded 2-core machine.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

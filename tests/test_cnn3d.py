@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
+from conftest import torch_threads
 from rppg_models import cnn3d, synthetic
 
 FS = 30.0
@@ -13,11 +13,8 @@ FS = 30.0
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """One intra-op thread: fast and stable on a loaded 2-core box (spinning threads cost more)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

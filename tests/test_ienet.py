@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-
+from conftest import torch_threads
 from rppg_models import ienet
 
 FULL_INPUT = (1, 3, 128, 64, 64)  # models.md 4.1: T = 128 frames of 64x64 (batch 1: CPU time)
@@ -15,11 +15,9 @@ SMALL_INPUT = (2, 3, 32, 32, 32)  # stage 1 maps 8x8 (> window 7: padded + shift
 
 
 @pytest.fixture(autouse=True, scope="module")
-def two_torch_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_torch_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,14 @@ import math
 
 import pytest
 import torch
-
+from conftest import torch_threads
 from rppg_models import meta_rppg as mr
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """One intra-op thread: fast and stable on a loaded 2-core box (spinning threads cost more)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
-
+from conftest import torch_threads
 from rppg_models import st2s_pipeline as P
+
 from rppg_prep.build import open_build
 from rppg_prep.cli import main
 from rppg_prep.sample import write_ubfc_sample
@@ -21,11 +21,9 @@ def built(tmp_path_factory):
     root, cache = tmp_path_factory.mktemp("st2s_root"), tmp_path_factory.mktemp("st2s_cache")
     write_ubfc_sample(root, n_subjects=3, duration_s=20.5, seed=9)
     assert CliRunner().invoke(main, ["build", "ubfc", "--root", str(root), "--cache", str(cache)]).exit_code == 0
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    data = {sid: P.load_subject(sid, n) for sid, n in open_build(cache, "ubfc", "ubfc").items()}
-    yield cache, data
-    torch.set_num_threads(old)
+    with torch_threads(1):
+        data = {sid: P.load_subject(sid, n) for sid, n in open_build(cache, "ubfc", "ubfc").items()}
+        yield cache, data
 
 
 def _manifest(cache):

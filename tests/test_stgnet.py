@@ -13,14 +13,13 @@ import pytest
 import torch
 
 from rppg_models import stgnet
+from conftest import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")
 def two_torch_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,19 @@ import math
 import pytest
 import torch
 
+from conftest import torch_threads
+
 from rppg_models.train import FAMILIES, TrainConfig, fit
 
 
 @pytest.fixture()
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+def two_threads():
+    with torch_threads(2):
+        yield
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_smoke_training_from_a_real_build(family, real_build, tmp_path, one_thread):
+def test_smoke_training_from_a_real_build(family, real_build, tmp_path, two_threads):
     _, cache, _ = real_build
     res = fit(family, cache, "ubfc", "ubfc", TrainConfig(steps=2, batch=1, seed=0), subjects=["subject12"],
               device="cpu", out=tmp_path, progress=False)
@@ -36,7 +36,7 @@ def test_unknown_family_names_the_known_ones(real_build):
         fit("nope", cache, "ubfc", "ubfc")
 
 
-def test_train_command_runs_a_family(real_build, tmp_path, one_thread):
+def test_train_command_runs_a_family(real_build, tmp_path, two_threads):
     from click.testing import CliRunner
 
     from rppg_prep.cli import main
@@ -48,7 +48,7 @@ def test_train_command_runs_a_family(real_build, tmp_path, one_thread):
     assert "1 steps on cpu" in res.output and list(tmp_path.glob("meta-rppg-*.pt"))
 
 
-def test_cnn3d_trains_on_synthetic_videos_and_reads_real_clips(real_build, one_thread):
+def test_cnn3d_trains_on_synthetic_videos_and_reads_real_clips(real_build, two_threads):
     import rppg_prep
     from rppg_models import cnn3d
     from rppg_models.train import cnn3d_clip_hr, fit_cnn3d_synthetic
