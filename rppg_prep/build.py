@@ -145,7 +145,7 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
     """
     cache = Path(cache)
     if not subject.video.exists():
-        raise VideoDecodeError("video file is missing", subject=subject.id, path=subject.video)
+        raise VideoDecodeError("video file (or frame folder) is missing", subject=subject.id, path=subject.video)
     files = {"decode": {"video": fingerprint(subject.video, cache)}, "labels": _truth_files(subject, cache)}
     keys: dict[str, str] = {}
     plan = {}
@@ -203,7 +203,8 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
                 progress: ProgressFn) -> None:
     """Stream the video once and write whichever of decode / landmarks / face are missing."""
     need = {s: not plan[s].fresh for s in ("decode", "landmarks", "face")}
-    info = decode.probe(subject.video, subject=subject.id)
+    source = decode.open_source(subject)
+    info = source.info
     lp, fp = pipe.params["landmarks"], pipe.params["face"]
     writers: list[NodeWriter] = []
     pools: list[ThreadPoolExecutor] = []
@@ -254,7 +255,7 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
 
         times = []
         total = max(info.n_frames, 1)
-        for batch in decode.iter_frames(subject.video, batch_frames=BATCH_FRAMES, subject=subject.id):
+        for batch in source.batches(BATCH_FRAMES):
             times.append(batch.t_s)
             b = len(batch.frames)
             if need["landmarks"] or need["face"]:
@@ -322,6 +323,8 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
         for w in writers:
             w.abort()
         raise
+    finally:
+        source.close()
 
 
 def _clips_stage(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,

@@ -405,6 +405,36 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
     console.print(table)
 
 
+@main.command("datasets")
+@click.argument("name", required=False)
+def datasets_command(name: str | None) -> None:
+    """List the dataset loaders and the files each expects under --root (or one: NAME).
+
+    Build one with `rppg-prep build NAME --root FOLDER`; NAME is also the pipeline config
+    pipelines/NAME.yaml when there is one (stage defaults otherwise).
+    """
+    from rich.table import Table
+
+    from rppg_prep.build import PIPELINE_DIRS
+    from rppg_prep.datasets import LOADERS, get_loader
+
+    console = _console()
+    names = sorted(LOADERS)
+    if name is not None:
+        if name not in LOADERS:
+            raise click.UsageError(f"unknown dataset {name!r}; known: {', '.join(names)}")
+        names = [name]
+    table = Table(title="dataset loaders", show_lines=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("pipeline")
+    table.add_column("expected layout under --root")
+    for n in names:
+        loader = get_loader(n)
+        config = next((f"pipelines/{n}.yaml" for d in PIPELINE_DIRS if (d / f"{n}.yaml").exists()), "defaults")
+        table.add_row(n, config, loader.LAYOUT)
+    console.print(table)
+
+
 @main.command("gc")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
               help="Store root to clean.")

@@ -24,14 +24,14 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["SampleSubject", "write_ubfc_sample", "default_sample_dir", "ensure_ubfc_sample",
+__all__ = ["FaceRecording", "SampleSubject", "write_ubfc_sample", "default_sample_dir", "ensure_ubfc_sample",
            "GENERATOR_VERSION", "SAMPLE_HR_BPM"]
 
 GENERATOR_VERSION = "1"
@@ -99,8 +99,8 @@ def _beat(u: np.ndarray) -> np.ndarray:
 _ONE_BEAT = _beat(np.linspace(0.0, 1.0, 1000, endpoint=False))  # scales the pulse to [0, 1]
 
 
-def _signals(rng: np.random.Generator, hr_bpm: float, n: int, fps: float) -> tuple[np.ndarray, ...]:
-    """Frame times (s), pulse in [0, 1] and instantaneous HR (bpm) of one subject; float64, shape (n,)."""
+def _signals(rng: np.random.Generator, hr_bpm: float, n: int, fps: float):
+    """Frame times (s), pulse in [0, 1], instantaneous HR (bpm), float64 (n,), and pulse as a function of time."""
     # logger-like clock: ms resolution, a few ms jitter; jitter < half a frame keeps it increasing
     jitter = np.clip(rng.normal(0.0, 0.003, n), -0.4 / fps, 0.4 / fps)
     t = np.round(np.arange(n) / fps + jitter, 3)
@@ -110,11 +110,19 @@ def _signals(rng: np.random.Generator, hr_bpm: float, n: int, fps: float) -> tup
     nu = np.array([2.0, 3.0]) / (n / fps)
     psi = rng.uniform(0, 2 * np.pi, 2)
     amp = np.array(_HRV_BPM) / 60.0
+
+    def cycles(tt: np.ndarray) -> np.ndarray:
+        arg = 2 * np.pi * nu[:, None] * tt + psi[:, None]
+        return hr_bpm / 60.0 * tt + ((amp / (2 * np.pi * nu))[:, None] * (np.cos(psi)[:, None] - np.cos(arg))).sum(0)
+
     arg = 2 * np.pi * nu[:, None] * t + psi[:, None]
     inst_hz = hr_bpm / 60.0 + (amp[:, None] * np.sin(arg)).sum(0)
-    cycles = hr_bpm / 60.0 * t + ((amp / (2 * np.pi * nu))[:, None] * (np.cos(psi)[:, None] - np.cos(arg))).sum(0)
-    pulse = (_beat(cycles + rng.uniform()) - _ONE_BEAT.min()) / np.ptp(_ONE_BEAT)
-    return t, pulse, 60.0 * inst_hz
+    offset = rng.uniform()
+
+    def pulse_at(tt: np.ndarray) -> np.ndarray:
+        return (_beat(cycles(np.asarray(tt, dtype=np.float64)) + offset) - _ONE_BEAT.min()) / np.ptp(_ONE_BEAT)
+
+    return t, pulse_at(t), 60.0 * inst_hz, pulse_at
 
 
 def _motion(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
@@ -181,19 +189,10 @@ def write_ubfc_sample(out_dir: str | Path, *, n_subjects: int = 3, duration_s: f
         raise ValueError(f"need n_subjects >= 1, fps > 0 and >= 2 frames; got n_subjects={n_subjects}, "
                          f"fps={fps}, duration_s={duration_s}")
     out = Path(out_dir)
-    photo, mask = _face_photo()
-    ys, xs = np.nonzero(mask[:, :, 0] > 1e-3)
-    roi = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-    skin, mask = photo[roi].copy(), mask[roi]
     subjects = []
     for k in range(1, n_subjects + 1):
-        rng = np.random.default_rng([seed, k])
         hr = float(SAMPLE_HR_BPM[(k - 1) % len(SAMPLE_HR_BPM)])
-        t, pulse, inst_hr = _signals(rng, hr, n, fps)
-        mats = _motion(rng, t)
-        # a bank of noise fields read at random offsets: fresh-looking noise at a fraction of the cost
-        pad = 32
-        bank = rng.standard_normal((4, FRAME_H + pad, FRAME_W + pad, 3), dtype=np.float32) * _NOISE_SIGMA
+        rec = FaceRecording(hr, n, fps, seed=(seed, k))
         folder = out / f"subject{k}"
         folder.mkdir(parents=True, exist_ok=True)
         video = folder / "vid.avi"
@@ -201,24 +200,99 @@ def write_ubfc_sample(out_dir: str | Path, *, n_subjects: int = 3, duration_s: f
         if not writer.isOpened():
             raise OSError(f"OpenCV cannot open an MJPG writer for {video}")
         try:
-            for i in range(n):
-                photo[roi] = skin * (1.0 - mask * (_PULSE_BGR * pulse[i]))
-                frame = cv2.warpAffine(photo, mats[i], (FRAME_W, FRAME_H), flags=cv2.INTER_LINEAR,
-                                       borderMode=cv2.BORDER_REFLECT_101)
-                b, oy, ox = rng.integers(0, 4), rng.integers(0, pad), rng.integers(0, pad)
-                # cv2.add rounds and saturates into uint8 in one pass, 3x cheaper than numpy
-                writer.write(cv2.add(frame, bank[b, oy:oy + FRAME_H, ox:ox + FRAME_W], dtype=cv2.CV_8U))
+            for i, frame in enumerate(rec.frames_bgr()):
+                writer.write(frame)
                 if progress is not None:
                     progress((k - 1) * n + i + 1, n_subjects * n)
         finally:
             writer.release()
-        # the oximeter sees the same beats; its HR display updates once a second in whole bpm
-        ppg = 2.0 * (pulse - pulse.mean()) + rng.normal(0.0, 0.02, n)
-        device_hr = np.round(np.interp(np.floor(t), t, inst_hr))
+        ppg, device_hr = rec.contact_ppg()
         truth = folder / "ground_truth.txt"
-        _write_truth(truth, [ppg, device_hr, t])
+        _write_truth(truth, [ppg, device_hr, rec.t_s])
         subjects.append(SampleSubject(f"subject{k}", hr, video, truth))
     return subjects
+
+
+class FaceRecording:
+    """One synthetic recording: a moving face whose skin pulses at a known HR, and its contact PPG.
+
+    The building block of the embedded sample and of the dataset miniatures in the tests: a loader
+    test writes these frames and this PPG in its dataset's own file format.
+
+    Parameters
+    ----------
+    hr_bpm : float
+        Mean heart rate, bpm (a slow +/-2 bpm drift is added, whose mean is exactly ``hr_bpm``).
+    n_frames : int
+        Number of frames (>= 2).
+    fps : float
+        Nominal frame rate, Hz; frame times carry a few ms of logger jitter (``t_s``).
+    seed : int or tuple of int
+        Same seed, same recording.
+
+    Attributes
+    ----------
+    t_s : ndarray of float64, shape (n_frames,)
+        Frame times, seconds, starting at 0.
+    pulse : ndarray of float64, shape (n_frames,)
+        Blood volume at each frame, in [0, 1].
+    inst_hr_bpm : ndarray of float64, shape (n_frames,)
+        Instantaneous HR, bpm.
+    """
+
+    def __init__(self, hr_bpm: float, n_frames: int, fps: float, *, seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.hr_bpm, self.fps = float(hr_bpm), float(fps)
+        if n_frames < 2 or fps <= 0:
+            raise ValueError(f"need >= 2 frames and fps > 0, got {n_frames} frames at {fps} fps")
+        self.t_s, self.pulse, self.inst_hr_bpm, self._pulse_at = _signals(self.rng, self.hr_bpm, int(n_frames),
+                                                                          self.fps)
+        self._mats = _motion(self.rng, self.t_s)
+
+    def frames_bgr(self) -> Iterator[np.ndarray]:
+        """Yield the frames, uint8 BGR (OpenCV order), shape (480, 640, 3), one per ``t_s``."""
+        photo, mask = _face_photo()
+        ys, xs = np.nonzero(mask[:, :, 0] > 1e-3)
+        roi = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        skin, mask = photo[roi].copy(), mask[roi]
+        rng = self.rng
+        # a bank of noise fields read at random offsets: fresh-looking noise at a fraction of the cost
+        pad = 32
+        bank = rng.standard_normal((4, FRAME_H + pad, FRAME_W + pad, 3), dtype=np.float32) * _NOISE_SIGMA
+        for i in range(self.t_s.size):
+            photo[roi] = skin * (1.0 - mask * (_PULSE_BGR * self.pulse[i]))
+            frame = cv2.warpAffine(photo, self._mats[i], (FRAME_W, FRAME_H), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REFLECT_101)
+            b, oy, ox = rng.integers(0, 4), rng.integers(0, pad), rng.integers(0, pad)
+            # cv2.add rounds and saturates into uint8 in one pass, 3x cheaper than numpy
+            yield cv2.add(frame, bank[b, oy:oy + FRAME_H, ox:ox + FRAME_W], dtype=cv2.CV_8U)
+
+    def contact_ppg(self, t_s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Contact PPG (a.u., rising with blood volume, a little noise) and device HR (whole bpm).
+
+        Parameters
+        ----------
+        t_s : ndarray of float64, optional
+            Sample times, seconds (a sensor clock of its own, e.g. 60 Hz for PURE); the frame times
+            when omitted. The pulse between frames follows the same beat model exactly.
+
+        Returns
+        -------
+        ppg, device_hr_bpm : ndarray of float64, shape like ``t_s``
+            The device HR display updates once a second, as an oximeter's does.
+        """
+        if t_s is None:
+            t, pulse = self.t_s, self.pulse
+        else:
+            t = np.asarray(t_s, dtype=np.float64)
+            pulse = self.pulse_at(t)
+        ppg = 2.0 * (pulse - pulse.mean()) + self.rng.normal(0.0, 0.02, t.size)
+        device_hr = np.round(np.interp(np.floor(t), self.t_s, self.inst_hr_bpm))
+        return ppg, device_hr
+
+    def pulse_at(self, t_s: np.ndarray) -> np.ndarray:
+        """Blood volume in [0, 1] at arbitrary times (s) within the recording, by the same beat model."""
+        return self._pulse_at(t_s)
 
 
 def default_sample_dir(cache: str | Path) -> Path:

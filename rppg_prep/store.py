@@ -240,9 +240,12 @@ def read_manifest(cache: str | Path, dataset: str, pipeline: str) -> dict[str, A
 
 
 def fingerprint(path: str | Path, cache: str | Path) -> str:
-    """sha256 of a raw input file, memoised in ``cache/fingerprints.json`` on (path, size, mtime_ns).
+    """sha256 of a raw input file or frame folder, memoised in ``cache/fingerprints.json``.
 
-    Keys follow the bytes, not the name: a copied or touched-but-identical file keeps its key.
+    A file is memoised on (path, size, mtime_ns). A folder (one image per frame, as in PURE or
+    iBVP) hashes the relative name and bytes of every file under it in sorted order, memoised on a
+    digest of its listing (names, sizes, mtimes). Keys follow the bytes, not the name: a copied or
+    touched-but-identical input keeps its key (as in DVC).
 
     Raises
     ------
@@ -250,16 +253,33 @@ def fingerprint(path: str | Path, cache: str | Path) -> str:
         If ``path`` does not exist.
     """
     path = Path(path).resolve()
-    st = path.stat()
     memo_path = Path(cache) / "fingerprints.json"
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = hashlib.sha256()
+        for f in files:
+            st = f.stat()
+            listing.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        size, stamp = sum(f.stat().st_size for f in files), listing.hexdigest()
+    else:
+        st = path.stat()
+        files, size, stamp = [path], st.st_size, st.st_mtime_ns
     rec = _read_json(memo_path).get(str(path))
-    if rec and rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns:
+    if rec and rec["size"] == size and rec["mtime_ns"] == stamp:
         return rec["sha256"]
-    with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.relative_to(path)}\0".encode())
+            with open(f, "rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+        digest = h.hexdigest()
+    else:
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
     with file_lock(memo_path):
         memo = _read_json(memo_path)
-        memo[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        memo[str(path)] = {"size": size, "mtime_ns": stamp, "sha256": digest}
         write_json_atomic(memo_path, memo)
     return digest
 

@@ -1,8 +1,10 @@
 """Dataset loaders: each finds subjects under a root and reads their ground truth.
 
 A loader module exposes ``NAME``, ``LAYOUT`` (a one-paragraph description of the expected files),
-``find_subjects(root) -> list[Subject]`` and ``read_truth(subject) -> Truth``. Heavy readers are
-imported inside the loader that needs them, so listing datasets stays cheap.
+``find_subjects(root) -> list[Subject]`` and ``read_truth(subject) -> Truth``; a loader whose frames
+are not a plain video file (image sequences, arrays inside ``.mat`` files) also exposes
+``open_frames(subject) -> rppg_prep.stages.decode.FrameSource``. Heavy readers (h5py, scipy.io, a
+BDF reader) are imported inside the functions that need them, so listing datasets stays cheap.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ __all__ = ["Subject", "Truth", "get_loader", "LOADERS", "natural_key"]
 #: dataset name -> module path of its loader
 LOADERS: dict[str, str] = {
     "ubfc": "rppg_prep.datasets.ubfc",
+    "ubfc-phys": "rppg_prep.datasets.ubfc_phys",
+    "pure": "rppg_prep.datasets.pure",
+    "cohface": "rppg_prep.datasets.cohface",
+    "scamps": "rppg_prep.datasets.scamps",
+    "mmpd": "rppg_prep.datasets.mmpd",
+    "mahnob-hci": "rppg_prep.datasets.mahnob",
+    "mmse-hr": "rppg_prep.datasets.mmse_hr",
+    "vipl-hr": "rppg_prep.datasets.vipl_hr",
+    "ibvp": "rppg_prep.datasets.ibvp",
 }
 
 
@@ -64,6 +75,9 @@ class Truth:
         True when sample i was recorded with video frame i (UBFC DATASET_2).
     notes : tuple of str
         Quirks noticed while reading (repaired timestamps, masked dropouts).
+    quality_ok : ndarray of bool, shape (n,) or None
+        False where the dataset marks a sample unreliable (iBVP's SQ column). The samples stay in
+        place, so the clock has no gaps; label windows touching them get NaN HR.
     """
 
     ppg: np.ndarray
@@ -71,6 +85,7 @@ class Truth:
     hr_bpm: np.ndarray | None = None
     frame_locked: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    quality_ok: np.ndarray | None = None
 
 
 def natural_key(text: str) -> list[object]:

@@ -1,10 +1,16 @@
-"""Stage ``decode``: stream RGB frames and their timestamps from a video file with OpenCV.
+"""Stage ``decode``: stream RGB frames and their timestamps from a video, an image sequence or an array.
 
 Frames come in bounded batches and are never held whole (a 2-min 640x480 video is ~3.3 GB raw).
 Per-frame timestamps are the container's presentation times (``CAP_PROP_POS_MSEC``); when the
 container gives none, or they do not increase, ``i / fps`` is used instead and the node says so.
 FFmpeg's own decoder threads are turned off (``CAP_PROP_N_THREADS=1``): on small machines one
 thread per worker process is faster than threads fighting inside one process.
+
+Datasets store frames in three ways, each a :class:`FrameSource`: a video file (:class:`VideoSource`),
+one image per frame (:class:`ImageSequenceSource`: PURE PNGs, iBVP BMPs, MMSE-HR JPEGs) and an array
+inside a container (:class:`ArraySource`: SCAMPS and MMPD ``.mat``), read slice by slice. A loader
+that does not store a plain video defines ``open_frames(subject) -> FrameSource``; :func:`open_source`
+picks it up.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import numpy as np
 from rppg_prep.errors import VideoDecodeError
 from rppg_prep.stage import ArraySpec, Stage
 
-__all__ = ["DecodeParams", "STAGE", "VideoInfo", "FrameBatch", "probe", "iter_frames", "read_timestamps"]
+__all__ = ["DecodeParams", "STAGE", "VideoInfo", "FrameBatch", "probe", "iter_frames", "read_timestamps",
+           "FrameSource", "VideoSource", "ImageSequenceSource", "ArraySource", "open_source"]
 
 #: a container that promises more frames than this fraction decodes is reported as truncated
 MIN_DECODED_FRACTION = 0.98
@@ -270,3 +277,255 @@ def read_timestamps(path: str | Path, *, subject: str | None = None) -> np.ndarr
     info = probe(path, subject=subject)
     parts = [b.t_s for b in iter_frames(path, subject=subject, prefetch=False)]
     return repair_times(np.concatenate(parts), info.fps)[0]
+
+
+class FrameSource:
+    """Frames of one subject, streamed in batches; the interface the video pass reads.
+
+    Attributes
+    ----------
+    info : VideoInfo
+        Frame count, nominal fps and frame size.
+    path : Path
+        The file or folder named in errors.
+    """
+
+    info: VideoInfo
+    path: Path
+
+    def batches(self, batch_frames: int) -> Iterator[FrameBatch]:
+        """Yield :class:`FrameBatch` es of RGB uint8 frames; ``t_s`` may hold NaN (see :func:`repair_times`)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file handles the source holds (an open HDF5 file, say)."""
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class VideoSource(FrameSource):
+    """A video file decoded by OpenCV/FFmpeg (see :func:`iter_frames`).
+
+    Parameters
+    ----------
+    path : str or Path
+    subject : str, optional
+        Named in errors.
+    t_s : ndarray of float64, shape (T,), optional
+        Frame times logged beside the video (VIPL-HR's ``time.txt``), used instead of the
+        container's; a video whose decoded frame count differs from ``len(t_s)`` raises.
+
+    Raises
+    ------
+    VideoDecodeError
+        On construction if the file is missing, cannot be opened or has no frame rate; while
+        streaming as :func:`iter_frames`, or when the frame count does not match ``t_s``.
+    """
+
+    def __init__(self, path: str | Path, *, subject: str | None = None, t_s: np.ndarray | None = None):
+        self.path, self.subject = Path(path), subject
+        self.info = probe(self.path, subject=subject)
+        self.t_s = None if t_s is None else np.asarray(t_s, dtype=np.float64)
+
+    def batches(self, batch_frames: int) -> Iterator[FrameBatch]:
+        gen = iter_frames(self.path, batch_frames=batch_frames, subject=self.subject)
+        if self.t_s is None:
+            return gen
+        return self._logged_times(gen)
+
+    def _logged_times(self, gen: Iterator[FrameBatch]) -> Iterator[FrameBatch]:
+        t, n = _check_times(self.t_s, len(self.t_s), self.subject, self.path), 0
+        for batch in gen:
+            stop = batch.start + len(batch.frames)
+            if stop > len(t):
+                raise VideoDecodeError(f"the video has more frames than the {len(t)} logged frame times",
+                                       subject=self.subject, path=self.path)
+            n = stop
+            yield FrameBatch(batch.start, batch.frames, t[batch.start:stop])
+        if n != len(t):
+            raise VideoDecodeError(f"{n} frames decode but {len(t)} frame times are logged", subject=self.subject,
+                                   path=self.path)
+
+
+def _check_times(t_s: np.ndarray, n: int, subject: str | None, path: Path) -> np.ndarray:
+    t = np.asarray(t_s, dtype=np.float64)
+    if t.shape != (n,):
+        raise VideoDecodeError(f"{t.size} frame timestamps for {n} frames", subject=subject, path=path)
+    if n > 1 and not np.all(np.diff(t) > 0):
+        i = int(np.argmax(np.diff(t) <= 0))
+        raise VideoDecodeError(f"frame timestamps do not increase at frame {i + 1} ({t[i]:.4f} s -> {t[i + 1]:.4f} s)",
+                               subject=subject, path=path)
+    return t
+
+
+class ImageSequenceSource(FrameSource):
+    """One image file per frame (PNG, BMP, JPEG, ...), read with ``cv2.imread`` in the given order.
+
+    Parameters
+    ----------
+    files : sequence of Path
+        Frame files in display order (the loader sorts them).
+    t_s : ndarray of float64, shape (T,), optional
+        Per-frame times in seconds (e.g. PURE's ``/Image`` timestamps); ``i / fps`` when omitted.
+    fps : float
+        Nominal frame rate, Hz; with ``t_s`` given, only reported.
+    subject : str, optional
+        Named in errors.
+    folder : Path, optional
+        Named in errors about the sequence as a whole (defaults to the first file's folder).
+
+    Raises
+    ------
+    VideoDecodeError
+        On construction: no files, unequal timestamps count, non-increasing times, or an unreadable
+        first frame. While streaming: a frame that is missing, unreadable or of another size; the
+        message names that file.
+    """
+
+    def __init__(self, files, *, fps: float, t_s: np.ndarray | None = None, subject: str | None = None,
+                 folder: Path | None = None):
+        self.files = [Path(f) for f in files]
+        self.subject = subject
+        self.path = Path(folder) if folder is not None else (self.files[0].parent if self.files else Path("."))
+        if not self.files:
+            raise VideoDecodeError("no frame images found", subject=subject, path=self.path)
+        if not (np.isfinite(fps) and fps > 0):
+            raise VideoDecodeError(f"no usable frame rate ({fps!r} fps)", subject=subject, path=self.path)
+        n = len(self.files)
+        self.t_s = None if t_s is None else _check_times(t_s, n, subject, self.path)
+        first = self._read(self.files[0])
+        self.info = VideoInfo(n_frames=n, fps=float(fps), width=first.shape[1], height=first.shape[0])
+
+    def _read(self, f: Path) -> np.ndarray:
+        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if bgr is None:
+            what = "is missing" if not f.exists() else "cannot be read as an image (corrupt or unsupported)"
+            raise VideoDecodeError(f"frame image {what}", subject=self.subject, path=f)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def _gen(self, batch_frames: int) -> Iterator[FrameBatch]:
+        n = len(self.files)
+        for start in range(0, n, batch_frames):
+            frames = []
+            for f in self.files[start:start + batch_frames]:
+                rgb = self._read(f)
+                if rgb.shape[:2] != (self.info.height, self.info.width):
+                    raise VideoDecodeError(
+                        f"frame is {rgb.shape[1]}x{rgb.shape[0]}, the sequence is {self.info.width}x{self.info.height}",
+                        subject=self.subject, path=f)
+                frames.append(rgb)
+            stop = start + len(frames)
+            t = self.t_s[start:stop] if self.t_s is not None else np.arange(start, stop) / self.info.fps
+            yield FrameBatch(start, np.stack(frames), np.asarray(t, dtype=np.float64))
+
+    def batches(self, batch_frames: int) -> Iterator[FrameBatch]:
+        return _prefetch(self._gen(batch_frames), PREFETCH_BATCHES)
+
+
+class ArraySource(FrameSource):
+    """Frames stored as one array in a container (an ``h5py.Dataset``, a numpy array or memmap).
+
+    Only one batch is read at a time (``array[...]`` slicing), so an h5py dataset is never loaded
+    whole.
+
+    Parameters
+    ----------
+    array : array-like
+        Sliceable, 4-D, holding T frames of 3 colour channels in the layout ``axes`` names.
+    axes : str
+        Order of the axes of ``array`` as stored, a permutation of ``"THWC"`` (e.g. MATLAB v7.3
+        files written from a (H, W, C, T) array read back in h5py as ``"TCWH"``).
+    fps : float
+        Frame rate, Hz; frame i is at ``i / fps`` unless ``t_s`` is given.
+    t_s : ndarray of float64, shape (T,), optional
+        Per-frame times, seconds.
+    value_range : {"uint8", "unit"}
+        ``"unit"``: floats in [0, 1], mapped to ``round(x * 255)`` (SCAMPS, MMPD); ``"uint8"``: 0-255.
+    channels : {"RGB", "BGR"}
+        Channel order as stored.
+    path : Path
+        The container file (named in errors).
+    subject : str, optional
+    on_close : callable, optional
+        Called by :meth:`close` (e.g. the ``close`` of the h5py file holding ``array``).
+
+    Raises
+    ------
+    VideoDecodeError
+        If the array is not 4-D with 3 channels, is empty, or its times are wrong.
+    """
+
+    def __init__(self, array, *, axes: str = "THWC", fps: float, path: Path, t_s: np.ndarray | None = None,
+                 value_range: str = "uint8", channels: str = "RGB", subject: str | None = None, on_close=None):
+        self.array, self.path, self.subject, self._on_close = array, Path(path), subject, on_close
+        if sorted(axes) != sorted("THWC"):
+            raise ValueError(f"axes must be a permutation of 'THWC', got {axes!r}")
+        if value_range not in ("uint8", "unit") or channels not in ("RGB", "BGR"):
+            raise ValueError(f"bad value_range {value_range!r} or channels {channels!r}")
+        self.axes, self.value_range, self.channels = axes, value_range, channels
+        shape = tuple(int(v) for v in getattr(array, "shape", ()))
+        if len(shape) != 4 or shape[axes.index("C")] != 3 or shape[axes.index("T")] == 0:
+            raise VideoDecodeError(f"frame array has shape {shape} for axes {axes!r}; expected 4-D with 3 channels "
+                                   "and at least one frame", subject=subject, path=self.path)
+        if not (np.isfinite(fps) and fps > 0):
+            raise VideoDecodeError(f"no usable frame rate ({fps!r} fps)", subject=subject, path=self.path)
+        n = shape[axes.index("T")]
+        self.t_s = None if t_s is None else _check_times(t_s, n, subject, self.path)
+        self.info = VideoInfo(n_frames=n, fps=float(fps), width=shape[axes.index("W")],
+                              height=shape[axes.index("H")])
+
+    def _slice(self, start: int, stop: int) -> np.ndarray:
+        index = tuple(slice(start, stop) if a == "T" else slice(None) for a in self.axes)
+        block = np.asarray(self.array[index])
+        block = np.transpose(block, [self.axes.index(a) for a in "THWC"])
+        if self.value_range == "unit":
+            block = np.rint(np.clip(block, 0.0, 1.0) * 255.0)
+        elif block.dtype != np.uint8:
+            block = np.clip(np.rint(block), 0, 255)
+        block = np.ascontiguousarray(block, dtype=np.uint8)
+        return block[..., ::-1].copy() if self.channels == "BGR" else block
+
+    def _gen(self, batch_frames: int) -> Iterator[FrameBatch]:
+        n = self.info.n_frames
+        for start in range(0, n, batch_frames):
+            stop = min(n, start + batch_frames)
+            try:
+                frames = self._slice(start, stop)
+            except (OSError, ValueError, KeyError) as exc:
+                raise VideoDecodeError(f"cannot read frames {start}-{stop - 1}: {exc}", subject=self.subject,
+                                       path=self.path) from None
+            t = self.t_s[start:stop] if self.t_s is not None else np.arange(start, stop) / self.info.fps
+            yield FrameBatch(start, frames, np.asarray(t, dtype=np.float64))
+
+    def batches(self, batch_frames: int) -> Iterator[FrameBatch]:
+        return _prefetch(self._gen(batch_frames), PREFETCH_BATCHES)
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+
+def open_source(subject) -> FrameSource:
+    """The frame source of ``subject``: its loader's ``open_frames`` if it has one, else its video file.
+
+    Parameters
+    ----------
+    subject : rppg_prep.datasets.Subject
+
+    Raises
+    ------
+    VideoDecodeError
+        If the frames cannot be opened; the message names the subject and file.
+    """
+    from rppg_prep.datasets import get_loader
+
+    loader = get_loader(subject.dataset)
+    opener = getattr(loader, "open_frames", None)
+    if opener is not None:
+        return opener(subject)
+    return VideoSource(subject.video, subject=subject.id)

@@ -5,6 +5,10 @@ rPPG-Toolbox resamples by index, which drifts when the logger's rate wanders). H
 Welch-PSD peak within ``band_hz`` (:func:`rppg_prep.signal.hr_welch`), and SNR follows de Haan &
 Jeanne, "Robust pulse rate from chrominance-based rPPG", IEEE TBME 60(10), 2013. The device's own
 HR (dropouts masked by the loader) is resampled beside it, never trusted as the label.
+
+Samples a dataset flags as unreliable (``Truth.quality_ok``, e.g. iBVP's SQ2 <= 0.3) are kept on the
+clock: the frames they fall on are marked in ``bvp_ok`` and every window that touches one gets NaN
+HR and SNR. Dropping them instead (as rPPG-Toolbox does) would splice the signal across time gaps.
 """
 
 from __future__ import annotations
@@ -54,12 +58,13 @@ class LabelParams:
 _W = ("window",)
 STAGE = Stage(
     name="labels",
-    version="1",
+    version="2",
     params=LabelParams,
     inputs=("decode", "clips", "st_map"),
     outputs=(
         ArraySpec("bvp", "float32", ("frame",), "a.u.", "contact PPG resampled onto the frame timestamps"),
         ArraySpec("hr_device_bpm", "float32", ("frame",), "bpm", "device HR on the frame clock, NaN = dropout"),
+        ArraySpec("bvp_ok", "bool", ("frame",), "", "the dataset rates the PPG at this frame reliable"),
         ArraySpec("window", "int64", ("window", "start_stop"), "frame", "sliding HR windows"),
         ArraySpec("hr_bpm", "float32", _W, "bpm", "HR of the PPG per sliding window (Welch peak)"),
         ArraySpec("snr_db", "float32", _W, "dB", "SNR of the PPG per sliding window"),
@@ -141,14 +146,30 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     else:
         hr_dev = np.full(len(t_frames_s), np.nan, dtype=np.float32)
 
+    bvp_ok = np.ones(len(t_frames_s), dtype=bool)
+    if truth.quality_ok is not None:
+        q = np.asarray(truth.quality_ok, dtype=bool)
+        if q.shape != truth.ppg.shape:
+            raise GroundTruthError(f"{q.size} quality flags for {truth.ppg.size} PPG samples", subject=subject,
+                                   path=path)
+        nearest = np.clip(np.searchsorted(t_src, t_frames_s), 0, len(t_src) - 1)
+        prev = np.clip(nearest - 1, 0, len(t_src) - 1)
+        # the frame takes the quality of every sample it is interpolated from
+        bvp_ok = q[nearest] & q[prev]
+        if not bvp_ok.all():
+            notes.append(f"{int((~bvp_ok).sum())} frame(s) fall on PPG samples the dataset rates unreliable; "
+                         "windows touching them have no HR")
     duration = max(float(t_frames_s[-1] - t_frames_s[0]), 1e-9)
     fps = (len(t_frames_s) - 1) / duration
-    out: dict[str, np.ndarray] = {"bvp": bvp.astype(np.float32), "hr_device_bpm": hr_dev.astype(np.float32)}
+    out: dict[str, np.ndarray] = {"bvp": bvp.astype(np.float32), "hr_device_bpm": hr_dev.astype(np.float32),
+                                  "bvp_ok": bvp_ok}
+    bad_before = np.concatenate([[0], np.cumsum(~bvp_ok)])
     sliding = signal.windows_by_time(t_frames_s, params.window_s, params.stride_s)
     for prefix, win, hr_name in (("", sliding, "hr_device_window_bpm"), ("clip_", clip_windows, "clip_hr_device_bpm"),
                                  ("st_", st_windows, "st_hr_device_bpm")):
         win = np.asarray(win, dtype=np.int64).reshape(-1, 2)
         hr = signal.hr_per_window(bvp, fps, win, params.band_hz)
+        hr[(bad_before[win[:, 1]] - bad_before[win[:, 0]]) > 0] = np.nan
         out[f"{prefix}hr_bpm"] = hr.astype(np.float32)
         out[f"{prefix}snr_db"] = signal.snr_per_window(bvp, fps, win, hr, params.band_hz).astype(np.float32)
         out[hr_name] = signal.device_hr_per_window(hr_dev, win).astype(np.float32)
