@@ -84,6 +84,80 @@ def pulse_waveform(hr_bpm: np.ndarray, shift_frames: np.ndarray) -> np.ndarray:
     return s / s.max(axis=1, keepdims=True)
 
 
+def _per_video(labels: np.ndarray, rng: np.random.Generator):
+    """Per-video draws (one array per parameter, fixed order): noise flags, pulse signal (n, 60),
+    per-frame image level before pixel noise (n, 60) and noise energy (n,)."""
+    n = labels.size
+    is_noise = labels == NOISE_CLASS
+
+    # per-video scalars, one draw per parameter for all videos (noise videos ignore the pulse ones)
+    shift = rng.integers(0, MAX_PHASE_SHIFT, n)
+    order = rng.integers(0, 3, n)
+    lo = np.array([r[0] for r in TREND_AMPLITUDE])[order]
+    hi = np.array([r[1] for r in TREND_AMPLITUDE])[order]
+    trend_amp = rng.uniform(lo, hi) if n else np.zeros(0)
+    offset = rng.integers(0, 2, n)
+    amplitude = rng.uniform(*AMPLITUDE_RANGE, n)
+    noise_energy = amplitude * 0.25 * rng.uniform(*NOISE_FACTOR_RANGE, n) / 100.0
+
+    trend = trend_amp[:, None] * trends()[order, offset]  # (n, 60)
+    hr = HR_CLASSES_BPM[np.where(is_noise, 0, labels)]
+    signal = pulse_waveform(hr, shift) + trend
+    signal -= signal.min(axis=1, keepdims=True)
+    # per-frame level of the uniform image, before pixel noise (steps 6-7 / noise class)
+    level = np.where(is_noise[:, None], trend, amplitude[:, None] * signal) / (SIZE * SIZE)
+
+    return is_noise, signal, level, noise_energy
+
+
+def _check(n: int, labels, chunk_size: int) -> np.ndarray:
+    if n < 0 or chunk_size < 1:
+        raise ValueError(f"need n >= 0 and chunk_size >= 1, got {n}, {chunk_size}")
+    labels = np.arange(n) % N_CLASSES if labels is None else np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) \
+            or (n and (labels.min() < 0 or labels.max() >= N_CLASSES)):
+        raise ValueError(f"labels must be ({n},) ints in [0, {N_CLASSES - 1}]")
+    return labels.astype(np.int64)
+
+
+def pulse_videos_uint8(n: int, *, rng: np.random.Generator, labels=None,
+                       chunk_size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pulse videos as the integer grey levels of step 7, before the /255 and the mean removal.
+
+    This is the form a video file or a store keeps: ``generate`` of the same pulse classes equals
+    ``grey / 255`` minus each video's mean, draw for draw. The noise class is not quantised in the
+    specification, so it has no uint8 form.
+
+    Parameters
+    ----------
+    n, rng, chunk_size : as :func:`generate`.
+    labels : optional (n,) ints in [0, 74] (HR classes only); default ``arange(n) % 75``.
+
+    Returns
+    -------
+    grey : (n, 60, 25, 25) uint8 grey levels.
+    signal : (n, 60) float64, the pseudo-PPG (pulse waveform + trend, minimum 0) of each video.
+    labels : (n,) int64.
+
+    Raises
+    ------
+    ValueError
+        As :func:`generate`, or a noise-class label.
+    """
+    labels = _check(n, np.arange(n) % (N_CLASSES - 1) if labels is None else labels, chunk_size)
+    if np.any(labels == NOISE_CLASS):
+        raise ValueError("the noise class has no uint8 form (it is not quantised in the specification)")
+    _, signal, level, noise_energy = _per_video(labels, rng)
+    grey = np.empty((n, LENGTH, SIZE, SIZE), np.uint8)
+    for i in range(0, n, chunk_size):
+        sl = slice(i, min(i + chunk_size, n))
+        z = rng.standard_normal((sl.stop - i, LENGTH, SIZE, SIZE), dtype=np.float32)
+        lev = level[sl, :, None, None].astype(np.float32)
+        ne = noise_energy[sl, None, None, None].astype(np.float32)
+        grey[sl] = np.floor(np.clip(255.0 * (lev + (PIXEL_NOISE_MEAN + PIXEL_NOISE_SD * z) * ne), 0.0, 255.0))
+    return grey, signal, labels
+
+
 def generate(n: int, *, rng: np.random.Generator, labels=None,
              chunk_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """``n`` synthetic videos and their labels.
@@ -107,32 +181,8 @@ def generate(n: int, *, rng: np.random.Generator, labels=None,
         On a negative ``n``, a ``labels`` array of the wrong shape or out-of-range labels, or a
         ``chunk_size`` < 1.
     """
-    if n < 0 or chunk_size < 1:
-        raise ValueError(f"need n >= 0 and chunk_size >= 1, got {n}, {chunk_size}")
-    labels = np.arange(n) % N_CLASSES if labels is None else np.asarray(labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) \
-            or (n and (labels.min() < 0 or labels.max() >= N_CLASSES)):
-        raise ValueError(f"labels must be ({n},) ints in [0, {N_CLASSES - 1}]")
-    labels = labels.astype(np.int64)
-    is_noise = labels == NOISE_CLASS
-
-    # per-video scalars, one draw per parameter for all videos (noise videos ignore the pulse ones)
-    shift = rng.integers(0, MAX_PHASE_SHIFT, n)
-    order = rng.integers(0, 3, n)
-    lo = np.array([r[0] for r in TREND_AMPLITUDE])[order]
-    hi = np.array([r[1] for r in TREND_AMPLITUDE])[order]
-    trend_amp = rng.uniform(lo, hi) if n else np.zeros(0)
-    offset = rng.integers(0, 2, n)
-    amplitude = rng.uniform(*AMPLITUDE_RANGE, n)
-    noise_energy = amplitude * 0.25 * rng.uniform(*NOISE_FACTOR_RANGE, n) / 100.0
-
-    trend = trend_amp[:, None] * trends()[order, offset]  # (n, 60)
-    hr = HR_CLASSES_BPM[np.where(is_noise, 0, labels)]
-    signal = pulse_waveform(hr, shift) + trend
-    signal -= signal.min(axis=1, keepdims=True)
-    # per-frame level of the uniform image, before pixel noise (steps 6-7 / noise class)
-    level = np.where(is_noise[:, None], trend, amplitude[:, None] * signal) / (SIZE * SIZE)
-
+    labels = _check(n, labels, chunk_size)
+    is_noise, _, level, noise_energy = _per_video(labels, rng)
     videos = np.empty((n, 1, LENGTH, SIZE, SIZE), np.float32)
     for i in range(0, n, chunk_size):
         sl = slice(i, min(i + chunk_size, n))

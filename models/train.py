@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Family", "FAMILIES", "TrainConfig", "fit", "pick_device", "seed_everything"]
+__all__ = ["Family", "FAMILIES", "TrainConfig", "fit", "fit_cnn3d", "fit_cnn3d_synthetic", "cnn3d_clip_hr",
+           "pick_device", "seed_everything"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,6 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
     from torch.utils.data import DataLoader
 
     from rppg_models.data import ClipDataset
-    from rppg_prep.store import manifest_path
 
     try:
         fam = FAMILIES[family_name]()
@@ -171,15 +171,7 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
     result: dict[str, Any] = {"losses": losses, "clips_per_s": seen / (time.perf_counter() - t0),
                               "device": str(dev)}
     if out is not None:
-        man = manifest_path(cache, dataset, pipeline)
-        build_key = hashlib.sha256(man.read_bytes()).hexdigest()
-        meta = {"family": family_name, "config": asdict(cfg), "build": {"manifest": str(man), "key": build_key},
-                "subjects": ds.subjects}
-        key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-        path = Path(out) / f"{family_name}-{key[:12]}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": model.state_dict(), **meta}, path)
-        result["checkpoint"] = path
+        result["checkpoint"] = _checkpoint(model, family_name, asdict(cfg), cache, dataset, pipeline, ds.subjects, out)
     return result
 
 
@@ -212,6 +204,103 @@ def fit_cnn3d_synthetic(*, steps: int = 100, batch: int = 32, lr: float = 1e-3, 
         opt.step()
         losses.append(float(loss.detach()))
     return model.eval(), losses
+
+
+def _checkpoint(model: torch.nn.Module, family: str, cfg: dict, cache, dataset: str, pipeline: str,
+                subjects: list[str], out) -> Path:
+    """Save ``<out>/<family>-<key12>.pt``: state dict, family, config, build manifest key, subjects."""
+    from rppg_prep.store import manifest_path
+
+    man = manifest_path(cache, dataset, pipeline)
+    build_key = hashlib.sha256(man.read_bytes()).hexdigest()
+    meta = {"family": family, "config": cfg, "build": {"manifest": str(man), "key": build_key}, "subjects": subjects}
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    path = Path(out) / f"{family}-{key[:12]}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), **meta}, path)
+    return path
+
+
+def fit_cnn3d(cache: str | Path, dataset: str = "synthetic", pipeline: str = "synthetic", *, steps: int = 200,
+              batch: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto", out: str | Path | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Train Bousefsaf's 3D-CNN on a build of its synthetic videos (``rppg-prep build synthetic``).
+
+    Every stored clip is one 60-frame generator video; its class is the subject's HR class
+    (``clip_hr_device_bpm`` of the labels, the generator's HR). The model input is the green
+    channel / 255 minus the clip mean, which equals :func:`rppg_models.synthetic.generate`. The
+    noise class has no stored form (it is not quantised), so each batch gets its expected share
+    (1/76) of noise videos drawn on the fly from the generator, as the paper's balanced batches.
+
+    Returns
+    -------
+    dict
+        ``losses``, ``accuracy`` (on the training clips, last 10 % of steps), ``clips_per_s``,
+        ``device``, and with ``out`` the ``checkpoint`` path (family ``"cnn3d"``).
+
+    Raises
+    ------
+    ValueError
+        If the build's clips are not 60 frames of 25x25 (build it with ``pipelines/synthetic.yaml``).
+    """
+    from rppg_models import cnn3d, synthetic
+    from rppg_prep.build import open_build
+
+    build = open_build(cache, dataset, pipeline)
+    xs, ys = [], []
+    for sid, nodes in build.items():
+        clips = nodes["clips"]["clips"]
+        if clips.shape[1:4] != (cnn3d.LENGTH, cnn3d.PATCH, cnn3d.PATCH):
+            raise ValueError(f"{sid}: clips are {clips.shape[1:4]}, the 3D-CNN needs (60, 25, 25) "
+                             "(build with pipelines/synthetic.yaml)")
+        g = np.asarray(clips[...])[..., 1].astype(np.float32) / 255.0
+        xs.append(g - g.mean(axis=(1, 2, 3), keepdims=True))
+        ys.append(cnn3d.bpm_to_class(np.asarray(nodes["labels"]["clip_hr_device_bpm"][:], dtype=np.float64)))
+    x_all = torch.from_numpy(np.concatenate(xs)[:, None])
+    y_all = torch.from_numpy(np.concatenate(ys))
+    dev = pick_device(device)
+    gen = seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    model = cnn3d.Cnn3d().to(dev).train()
+    opt = cnn3d.make_optimizer(model, lr)
+    losses, hits, seen, t0 = [], [], 0, time.perf_counter()
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task(f"cnn3d on {dev.type}", total=steps)
+    try:
+        for step in range(steps):
+            n_noise = int(rng.binomial(batch, 1.0 / cnn3d.N_CLASSES))
+            idx = torch.randint(len(x_all), (batch - n_noise,), generator=gen)
+            x, y = x_all[idx], y_all[idx]
+            if n_noise:
+                xn, yn = synthetic.generate(n_noise, rng=rng, labels=np.full(n_noise, cnn3d.NOISE_CLASS))
+                x, y = torch.cat([x, torch.from_numpy(xn)]), torch.cat([y, torch.from_numpy(yn)])
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if step >= steps - max(1, steps // 10):
+                hits.append(float((logits.argmax(1) == y).float().mean()))
+            seen += len(x)
+            if bar:
+                bar.update(task, advance=1, description=f"cnn3d loss {losses[-1]:.3f}, "
+                                                        f"{seen / (time.perf_counter() - t0):.0f} clips/s")
+    finally:
+        if bar:
+            bar.stop()
+    result: dict[str, Any] = {"losses": losses, "accuracy": float(np.mean(hits)), "device": str(dev),
+                              "clips_per_s": seen / (time.perf_counter() - t0), "model": model.eval()}
+    if out is not None:
+        cfg = {"steps": steps, "batch": batch, "lr": lr, "seed": seed}
+        result["checkpoint"] = _checkpoint(model, "cnn3d", cfg, cache, dataset, pipeline, list(build), out)
+    return result
 
 
 def cnn3d_clip_hr(model: torch.nn.Module, clip_uint8: np.ndarray, *, patch_stride: int = 13,

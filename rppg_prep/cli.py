@@ -196,11 +196,19 @@ def _status_table(console, pipe, subjects, cache: Path, title: str) -> bool:
               help="Write one row per subject (toolbox mode) or per window: subject, hr_pred_bpm, hr_ref_bpm, snr_db.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNGs here: Bland-Altman, predicted vs reference HR, per-subject BVP + spectrum.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Score this trained model (from `rppg-prep train`) instead of --method: one HR per clip "
+                   "from its predicted BVP (Welch peak, 42-210 bpm) against the contact PPG's over the same frames.")
+@click.option("--adapt-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Meta-rPPG checkpoints: transductive adaptation steps on each subject's clips first.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="With --checkpoint: auto = CUDA when present.")
 def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], method: str, mode: str,
              band_hz: tuple[float, float], window_s: float, stride_s: float, csv_path: Path | None,
-             plots: Path | None) -> None:
-    """Score an unsupervised method (GREEN, CHROM, POS, ...) on PIPELINE's build: HR in bpm against the
-    HR of the contact PPG computed the same way; MAE, RMSE, MAPE, Pearson r (with standard errors), SNR.
+             plots: Path | None, checkpoint: Path | None, adapt_steps: int, device: str) -> None:
+    """Score an unsupervised method (GREEN, CHROM, POS, ...) or a trained model (--checkpoint) on
+    PIPELINE's build: HR in bpm against the HR of the contact PPG computed the same way; MAE, RMSE,
+    MAPE, Pearson r (with standard errors), SNR.
 
     Missing nodes are built first (with --root, or the embedded sample without it).
     """
@@ -221,6 +229,11 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
     ok = [r.subject for r in results if r.status == "ok"]
     if not ok:
         raise click.ClickException("no subject built; nothing to evaluate")
+    if checkpoint is not None:
+        _evaluate_checkpoint(console, checkpoint, cache, pipe, ok, device, adapt_steps, csv_path)
+        if failed:
+            sys.exit(1)
+        return
     scores = evaluate_build(cache, pipe.dataset, pipe.name, method, mode=mode, band_hz=tuple(band_hz),
                             window_s=window_s, stride_s=stride_s, subjects=ok)
     table = Table(title=f"{method.upper()} on {pipe.name} ({mode}, {band_hz[0]}-{band_hz[1]} Hz)")
@@ -246,6 +259,42 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
             console.print(f"png: {path}")
     if failed:
         sys.exit(1)
+
+
+def _evaluate_checkpoint(console, checkpoint: Path, cache: Path, pipe, subjects: list[str], device: str,
+                         adapt_steps: int, csv_path: Path | None) -> None:
+    import csv
+
+    from rich.table import Table
+
+    from rppg_models.evaluate import evaluate_checkpoint
+
+    try:
+        scores, m = evaluate_checkpoint(checkpoint, cache, pipe.dataset, pipe.name, subjects=subjects, device=device,
+                                        adapt_steps=adapt_steps)
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(f"{checkpoint}: {exc}") from None
+    table = Table(title=f"{checkpoint.name} on {pipe.name}: HR per clip")
+    for col in ("subject", "clips", "HR pred (bpm)", "HR ref (bpm)", "MAE (bpm)"):
+        table.add_column(col, justify="left" if col == "subject" else "right")
+    for sid in subjects:
+        mine = [s for s in scores if s.subject == sid]
+        if mine:
+            p, r = np.array([s.hr_pred_bpm for s in mine]), np.array([s.hr_ref_bpm for s in mine])
+            table.add_row(sid, str(len(mine)), f"{np.nanmedian(p):.1f}", f"{np.nanmedian(r):.1f}",
+                          f"{np.nanmean(np.abs(p - r)):.1f}")
+    console.print(table)
+    console.print(f"overall (n={m.n} clips): MAE {m.mae:.2f} ± {m.mae_se:.2f} bpm, RMSE {m.rmse:.2f} ± {m.rmse_se:.2f} "
+                  f"bpm, MAPE {m.mape:.2f} ± {m.mape_se:.2f} %, Pearson r {m.pearson_r:.3f} ± {m.pearson_r_se:.3f}, "
+                  f"SNR {m.snr_db:.2f} ± {m.snr_db_se:.2f} dB")
+    if csv_path is not None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["subject", "clip", "hr_pred_bpm", "hr_ref_bpm", "snr_db"])
+            for s in scores:
+                w.writerow([s.subject, s.clip, f"{s.hr_pred_bpm:.3f}", f"{s.hr_ref_bpm:.3f}", f"{s.snr_db:.3f}"])
+        console.print(f"csv: {csv_path}")
 
 
 def _write_scores_csv(path: Path, scores) -> None:
@@ -326,8 +375,9 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
 
 
 @main.command()
-@click.argument("model", type=click.Choice(["st2s-cnn", "st2s", "stgnet", "meta-rppg", "ienet"]))
-@click.option("--build", "pipeline", default="ubfc", show_default=True, help="Pipeline whose build to train on.")
+@click.argument("model", type=click.Choice(["st2s-cnn", "st2s", "stgnet", "meta-rppg", "ienet", "cnn3d"]))
+@click.option("--build", "pipeline", default=None,
+              help="Pipeline whose build to train on [default: ubfc; synthetic for cnn3d].")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
               help="Store root holding the build; checkpoints go to CACHE/models/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
@@ -339,11 +389,12 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Torch device; auto takes CUDA when present.")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
-              help="stgnet / meta-rppg / ienet: optimiser steps.")
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
-              help="stgnet / meta-rppg / ienet: clips per step.")
-@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-4, show_default=True,
-              help="stgnet / meta-rppg / ienet: Adam learning rate.")
+              help="stgnet / meta-rppg / ienet / cnn3d: optimiser steps.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="stgnet / meta-rppg / ienet / cnn3d: clips per step [default: 4; 32 for cnn3d].")
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="stgnet / meta-rppg / ienet / cnn3d: Adam learning rate [default: 1e-4; 1e-3 for cnn3d, "
+                   "Keras' default as in the paper].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="stgnet / meta-rppg / ienet: checkpoint folder (default CACHE/models).")
 def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: float, stage2_epochs: int,
@@ -355,8 +406,30 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
     stage-2 HOG + MLP classifier, and a table of HR per 10-s segment from stage 1 alone vs two-stage
     (MAE, RMSE in bpm). stgnet, meta-rppg, ienet (RGB only): STEPS optimiser steps on the build's
     clips (BVP labels), a progress bar with loss and clips/s, and a checkpoint recording the build.
+    cnn3d: Bousefsaf's 3D-CNN on the synthetic build alone, as in the paper (`rppg-prep build
+    synthetic` first; STEPS steps of BATCH 60-frame videos, noise-class videos drawn on the fly);
+    score it on real clips with `rppg-prep evaluate ubfc --checkpoint ...`.
     """
     import torch
+
+    pipeline = pipeline or ("synthetic" if model == "cnn3d" else "ubfc")
+    batch = batch or (32 if model == "cnn3d" else 4)
+    lr = lr or (1e-3 if model == "cnn3d" else 1e-4)
+    if model == "cnn3d":
+        from rppg_models.train import fit_cnn3d
+        from rppg_prep.build import load_pipeline
+        from rppg_prep.errors import RppgPrepError
+
+        pipe = _load_pipeline(pipeline, load_pipeline)
+        try:
+            res = fit_cnn3d(cache, pipe.dataset, pipe.name, steps=steps, batch=batch, lr=lr, device=device,
+                            out=out or Path(cache) / "models")
+        except (RppgPrepError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"cnn3d: {len(res['losses'])} steps on {res['device']}, loss {res['losses'][0]:.4f} -> "
+                   f"{res['losses'][-1]:.4f}, train accuracy {res['accuracy']:.2f}, {res['clips_per_s']:.0f} clips/s, "
+                   f"checkpoint {res['checkpoint']}")
+        return
 
     if model in ("stgnet", "meta-rppg", "ienet"):
         from rppg_models.train import TrainConfig, fit
@@ -464,8 +537,13 @@ def _load_pipeline(name: str, load_pipeline):
 def _default_root(dataset: str, cache: Path, console) -> Path:
     from rppg_prep.sample import default_sample_dir, ensure_ubfc_sample
 
+    if dataset == "synthetic":
+        from rppg_prep.datasets.synthetic import ensure_synthetic
+
+        return ensure_synthetic(cache)
     if dataset != "ubfc":
-        raise click.UsageError(f"--root is required for dataset {dataset!r} (only ubfc has an embedded sample)")
+        raise click.UsageError(f"--root is required for dataset {dataset!r} (only ubfc and synthetic are "
+                               "generated when it is left out)")
     if not (default_sample_dir(cache) / ".complete").exists():
         console.print("no --root given: generating the embedded UBFC-rPPG sample (synthetic, ~10 s) ...")
     return ensure_ubfc_sample(cache)

@@ -154,8 +154,10 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
                                    path=path)
         nearest = np.clip(np.searchsorted(t_src, t_frames_s), 0, len(t_src) - 1)
         prev = np.clip(nearest - 1, 0, len(t_src) - 1)
-        # the frame takes the quality of every sample it is interpolated from
-        bvp_ok = q[nearest] & q[prev]
+        # the frame takes the quality of every sample it is interpolated from (only one when it
+        # falls exactly on a sample, as in frame-locked data, or past the last one)
+        single = (t_src[nearest] == t_frames_s) | (t_frames_s > t_src[-1])
+        bvp_ok = q[nearest] & (q[prev] | single)
         if not bvp_ok.all():
             notes.append(f"{int((~bvp_ok).sum())} frame(s) fall on PPG samples the dataset rates unreliable; "
                          "windows touching them have no HR")

@@ -28,7 +28,7 @@ __all__ = ["LandmarkParams", "STAGE", "make_detector", "MeshDetector", "HaarDete
 
 log = logging.getLogger(__name__)
 
-N_LANDMARKS = {"mediapipe": 468, "haar": 4}
+N_LANDMARKS = {"mediapipe": 468, "haar": 4, "full_frame": 4}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +37,9 @@ class LandmarkParams:
 
     Attributes
     ----------
-    backend : {"mediapipe", "haar"}
+    backend : {"mediapipe", "haar", "full_frame"}
+        ``full_frame`` puts the four frame corners as landmarks on every frame: for frames that are
+        already the region to use (the synthetic pseudo-PPG videos, face-cropped datasets).
     min_detection_confidence : float
         Face detector threshold in [0, 1].
     min_tracking_confidence : float
@@ -122,6 +124,23 @@ class HaarDetector:
         pass
 
 
-def make_detector(params: LandmarkParams) -> MeshDetector | HaarDetector:
+class FullFrameDetector:
+    """The frame's corners (0, 0), (W, 0), (W, H), (0, H) on every frame: the whole frame is the ROI."""
+
+    n_landmarks = 4
+
+    def __init__(self, params: LandmarkParams):
+        pass
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        return np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+def make_detector(params: LandmarkParams) -> MeshDetector | HaarDetector | FullFrameDetector:
     """A fresh detector for one video (tracking state must not leak between videos)."""
-    return MeshDetector(params) if params.backend == "mediapipe" else HaarDetector(params)
+    kinds = {"mediapipe": MeshDetector, "haar": HaarDetector, "full_frame": FullFrameDetector}
+    return kinds[params.backend](params)

@@ -1,0 +1,173 @@
+"""Evaluate a trained family on a build: HR from the predicted BVP, then MAE, RMSE, MAPE, Pearson r, SNR.
+
+Protocol (one HR per clip): the model sees the first ``Family.frames`` frames of each stored clip;
+the HR of its predicted BVP and the reference HR of the contact PPG over the same frames are both
+the Welch peak (:func:`rppg_prep.evaluation.hr_from_bvp`, ``protocol="welch"``, 0.1-bpm grid,
+parabolic refinement) within ``band_hz``; SNR is the rPPG-Toolbox SNR of the prediction at the
+reference HR (:func:`rppg_prep.evaluation.snr_toolbox`). Metrics and their standard errors are
+:func:`rppg_prep.evaluation.metrics` (rPPG-Toolbox definitions).
+
+Bousefsaf's 3D-CNN predicts no BVP: its HR per clip is the reduced HR map of
+:func:`rppg_models.train.cnn3d_clip_hr`, compared with the same reference HR.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["ClipScore", "load_checkpoint", "predict_bvp", "evaluate_checkpoint"]
+
+#: HR search band of the evaluation, Hz (42-210 bpm, as the labels)
+BAND_HZ = (0.7, 3.5)
+
+
+@dataclass(frozen=True)
+class ClipScore:
+    """One clip: subject, clip number, reference and predicted HR (bpm), SNR of the prediction (dB)."""
+
+    subject: str
+    clip: int
+    hr_ref_bpm: float
+    hr_pred_bpm: float
+    snr_db: float
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint of :func:`rppg_models.train.fit` (or ``fit_cnn3d``) holds.
+
+    Returns
+    -------
+    (model in eval mode on ``device``, metadata dict: family, config, build, subjects)
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file. KeyError: the checkpoint's family is unknown.
+    """
+    from rppg_models.train import FAMILIES
+
+    ckpt = torch.load(Path(path), map_location=device, weights_only=False)
+    family = ckpt["family"]
+    if family == "cnn3d":
+        from rppg_models.cnn3d import Cnn3d
+
+        model = Cnn3d()
+    else:
+        model = FAMILIES[family]().build()
+    model.load_state_dict(ckpt["state_dict"])
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return model.to(device).eval(), meta
+
+
+def predict_bvp(family: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Predicted pulse signal (B, T) of a batch in the family's layout.
+
+    STGNet: its BVP head. IENet: the fused rPPG. Meta-rPPG: the expected ordinal level
+    ``sum_k P(level > k)`` per frame (the ordinal head's mean), a PPG shape up to scale.
+    """
+    if family == "stgnet":
+        return model(x)
+    if family == "ienet":
+        return model(x)[2]
+    if family == "meta-rppg":
+        from rppg_models import meta_rppg
+
+        prob, _, _ = model(meta_rppg.window_preprocess(x))
+        return prob.sum(dim=-1)
+    raise KeyError(f"family {family!r} predicts no BVP")
+
+
+def _fps(cache: Path, dataset: str, pipeline: str, subject: str) -> float:
+    from rppg_prep.build import open_build
+
+    return float(open_build(cache, dataset, pipeline)[subject]["decode"].attrs["fps"])
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str, pipeline: str, *,
+                        subjects: list[str] | None = None, device: str = "auto", adapt_steps: int = 0,
+                        batch: int = 8) -> tuple[list[ClipScore], Any]:
+    """Score a checkpoint on every clip of a build.
+
+    Parameters
+    ----------
+    checkpoint : str or Path
+        From ``rppg-prep train`` (stgnet, meta-rppg, ienet, cnn3d).
+    cache, dataset, pipeline
+        The build to evaluate on (usually other subjects than the model was trained on).
+    subjects : list of str, optional
+        Default: every subject of the build.
+    device : {"auto", "cpu", "cuda"}
+    adapt_steps : int
+        Meta-rPPG only: transductive adaptation steps (:func:`rppg_models.meta_rppg.adapt`) on each
+        subject's unlabelled clips before predicting them (0 = none); a fresh copy per subject.
+    batch : int
+        Clips per forward pass.
+
+    Returns
+    -------
+    scores : list of ClipScore
+    summary : rppg_prep.evaluation.Metrics
+        Over the clips with a finite reference and prediction.
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 clips could be scored.
+    """
+    from rppg_models.data import ClipDataset
+    from rppg_models.train import FAMILIES, cnn3d_clip_hr, pick_device
+    from rppg_prep.evaluation import hr_from_bvp, metrics, snr_toolbox
+
+    dev = pick_device(device)
+    model, meta = load_checkpoint(checkpoint, dev)
+    family = meta["family"]
+    fam = FAMILIES[family]() if family != "cnn3d" else None
+    norm, layout = (fam.norm, fam.layout) if fam else ("raw", "NDHWC")
+    cache = Path(cache)
+    scores: list[ClipScore] = []
+    from rppg_prep.build import open_build
+
+    build = open_build(cache, dataset, pipeline)
+    for sid in subjects or list(build):
+        fps = _fps(cache, dataset, pipeline, sid)
+        ds = ClipDataset(cache, dataset, pipeline, subjects=[sid], norm=norm, layout=layout)
+        if len(ds) == 0:
+            continue
+        net = model
+        items = [ds[i] for i in range(len(ds))]
+        if family == "meta-rppg" and adapt_steps > 0:
+            from rppg_models import meta_rppg
+
+            net = copy.deepcopy(model)
+            x_all = torch.stack([it[0] for it in items]).narrow(1, 0, fam.frames).to(dev)
+            meta_rppg.adapt(net, meta_rppg.window_preprocess(x_all), steps=adapt_steps)
+            net.eval()
+        frames = fam.frames if fam else None
+        for a in range(0, len(items), batch):
+            chunk = items[a:a + batch]
+            bvp_ref = [it[1].numpy()[:frames] for it in chunk]
+            hr_ref = [hr_from_bvp(b, fps, protocol="welch", band_hz=BAND_HZ) for b in bvp_ref]
+            if fam is None:
+                clips = build[sid]["clips"]["clips"]
+                preds = [cnn3d_clip_hr(net, np.asarray(clips[int(it[3][1])])) for it in chunk]
+                snrs = [float("nan")] * len(chunk)
+            else:
+                x = torch.stack([it[0] for it in chunk])
+                x = x.narrow(2 if fam.layout == "NCDHW" else 1, 0, fam.frames).to(dev)
+                with torch.no_grad():
+                    out = predict_bvp(family, net, x).float().cpu().numpy()
+                preds = [hr_from_bvp(p, fps, protocol="welch", band_hz=BAND_HZ) for p in out]
+                snrs = [snr_toolbox(p, fps, h, band_hz=BAND_HZ) if np.isfinite(h) else float("nan")
+                        for p, h in zip(out, hr_ref)]
+            for it, h, p, s in zip(chunk, hr_ref, preds, snrs):
+                p = float(p) if p is not None and p > 0 else float("nan")
+                scores.append(ClipScore(sid, int(it[3][1]), float(h), p, float(s)))
+    summary = metrics([s.hr_pred_bpm for s in scores], [s.hr_ref_bpm for s in scores],
+                      [s.snr_db for s in scores] if fam is not None else None)
+    return scores, summary
