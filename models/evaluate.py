@@ -91,7 +91,7 @@ def _fps(cache: Path, dataset: str, pipeline: str, subject: str) -> float:
 
 def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str, pipeline: str, *,
                         subjects: list[str] | None = None, device: str = "auto", adapt_steps: int = 0,
-                        batch: int = 8) -> tuple[list[ClipScore], Any]:
+                        batch: int = 8, max_clips: int | None = None) -> tuple[list[ClipScore], Any]:
     """Score a checkpoint on every clip of a build.
 
     Parameters
@@ -108,6 +108,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
         subject's unlabelled clips before predicting them (0 = none); a fresh copy per subject.
     batch : int
         Clips per forward pass.
+    max_clips : int, optional
+        Score only the first ``max_clips`` clips of each subject (a quick look; default all).
 
     Returns
     -------
@@ -140,7 +142,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
         if len(ds) == 0:
             continue
         net = model
-        items = [ds[i] for i in range(len(ds))]
+        items = [ds[i] for i in range(min(len(ds), max_clips or len(ds)))]
         if family == "meta-rppg" and adapt_steps > 0:
             from rppg_models import meta_rppg
 

@@ -35,6 +35,8 @@ class Family:
     frames : int
         Frames of each clip the model takes (the first ``frames`` of a stored clip).
     loss : callable (model, x, bvp) -> scalar tensor
+    after_step : callable (model, x) -> None, optional
+        Run without gradients after each optimiser step (Meta-rPPG's running prototype).
     """
 
     build: Callable[[], torch.nn.Module]
@@ -42,6 +44,7 @@ class Family:
     layout: str
     frames: int
     loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    after_step: Callable[[torch.nn.Module, torch.Tensor], None] | None = None
 
 
 def _stgnet() -> Family:
@@ -60,7 +63,11 @@ def _meta_rppg() -> Family:
         prob, _, _ = model(meta_rppg.window_preprocess(x))
         return meta_rppg.ordinal_loss(prob, meta_rppg.ordinal_targets(bvp))
 
-    return Family(meta_rppg.MetaRppg, "raw", "NDCHW", 60, loss)
+    def after_step(model, x):
+        # the prototype and carried LSTM state that test-time adaptation pulls towards (spec §2.4)
+        model.update_prototype(meta_rppg.window_preprocess(x))
+
+    return Family(meta_rppg.MetaRppg, "raw", "NDCHW", 60, loss, after_step)
 
 
 def _ienet() -> Family:
@@ -158,6 +165,9 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
+                if fam.after_step is not None:
+                    with torch.no_grad():
+                        fam.after_step(model, x)
                 losses.append(float(loss.detach()))
                 seen += len(x)
                 if bar:

@@ -59,3 +59,54 @@ def test_cnn3d_trains_on_synthetic_videos_and_reads_real_clips(real_build, two_t
     clip = rppg_prep.open_build(cache, "ubfc", "ubfc")["subject12"]["clips"]["clips"][0]
     hr = cnn3d_clip_hr(model, clip)
     assert hr == -1.0 or cnn3d.HR_CLASSES_BPM[0] <= hr <= cnn3d.HR_CLASSES_BPM[-1]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_evaluate_a_checkpoint_on_real_clips(family, real_build, tmp_path, two_threads):
+    import numpy as np
+
+    import rppg_prep
+    from rppg_models.evaluate import evaluate_checkpoint
+
+    _, cache, _ = real_build
+    res = fit(family, cache, "ubfc", "ubfc", TrainConfig(steps=1, batch=1, seed=0), subjects=["subject12"],
+              device="cpu", out=tmp_path, progress=False)
+    scores, m = evaluate_checkpoint(res["checkpoint"], cache, "ubfc", "ubfc", subjects=["subject12"], device="cpu",
+                                    max_clips=3)
+    assert rppg_prep.open_build(cache, "ubfc", "ubfc")["subject12"]["clips"]["clips"].shape[0] > 3
+    assert [s.clip for s in scores] == [0, 1, 2] and m.n >= 2
+    ref = np.array([s.hr_ref_bpm for s in scores])
+    assert np.all((ref > 42) & (ref < 210))
+    assert np.isfinite(m.mae) and np.isfinite(m.snr_db)
+
+
+def test_evaluate_scores_a_perfect_prediction_as_perfect(real_build, tmp_path, monkeypatch, two_threads):
+    """The protocol itself: a 'model' that returns the contact PPG of each clip scores MAE 0 and a high SNR."""
+    from rppg_models import evaluate as ev
+    from rppg_models.data import ClipDataset
+
+    _, cache, _ = real_build
+    res = fit("stgnet", cache, "ubfc", "ubfc", TrainConfig(steps=1, batch=1), subjects=["subject12"], device="cpu",
+              out=tmp_path, progress=False)
+    ds = ClipDataset(cache, "ubfc", "ubfc", subjects=["subject12"])
+    labels = iter([ds[i][1] for i in range(len(ds))])
+    monkeypatch.setattr(ev, "predict_bvp", lambda fam, net, x: torch.stack([next(labels) for _ in range(len(x))]))
+    scores, m = ev.evaluate_checkpoint(res["checkpoint"], cache, "ubfc", "ubfc", subjects=["subject12"], max_clips=6)
+    assert m.mae < 1e-6 and m.snr_db > 5.0 and m.n == 6
+
+
+def test_evaluate_command_with_a_checkpoint(real_build, tmp_path, two_threads):
+    from click.testing import CliRunner
+
+    from rppg_prep.cli import main
+
+    root, cache, _ = real_build
+    res = fit("meta-rppg", cache, "ubfc", "ubfc", TrainConfig(steps=1, batch=1), subjects=["subject12"], device="cpu",
+              out=tmp_path, progress=False)
+    out = CliRunner().invoke(main, ["evaluate", "ubfc", "--root", str(root), "--cache", str(cache), "--subjects",
+                                    "subject12", "--checkpoint", str(res["checkpoint"]), "--adapt-steps", "1",
+                                    "--csv", str(tmp_path / "clips.csv")])
+    assert out.exit_code == 0, out.output
+    assert "overall (n=" in out.output and "subject12" in out.output
+    rows = (tmp_path / "clips.csv").read_text().splitlines()
+    assert rows[0] == "subject,clip,hr_pred_bpm,hr_ref_bpm,snr_db" and len(rows) > 2

@@ -1,0 +1,65 @@
+"""Trained families on real clips: a short CPU training, then HR per held-out clip (run by hand).
+
+    .venv/bin/python benchmarks/train_eval.py --cache CACHE [--steps 100] [--test subject48 subject49]
+
+CACHE holds a build of the real UBFC-rPPG subjects (``rppg-prep build ubfc --root ../shared/data/ubfc-rppg``)
+and, for the 3D-CNN, the synthetic build (``rppg-prep build synthetic``; same cache). STGNet,
+Meta-rPPG and IENet (RGB only) train ``--steps`` steps on every subject but the ``--test`` ones;
+the 3D-CNN trains on the synthetic build alone, as in its paper. All are scored with
+:func:`rppg_models.evaluate.evaluate_checkpoint` (one HR per clip, Welch peak, vs the contact PPG over
+the same frames) on the ``--test`` subjects. Writes benchmarks/results/train-eval-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from rppg_models.evaluate import evaluate_checkpoint
+from rppg_models.train import FAMILIES, TrainConfig, fit, fit_cnn3d
+from rppg_prep.build import open_build
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--cnn3d-steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--test", nargs="+", default=None, help="held-out subjects (default: the last two)")
+    ap.add_argument("--families", nargs="+", default=[*sorted(FAMILIES), "cnn3d"])
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    subjects = list(open_build(args.cache, "ubfc", "ubfc"))
+    test = args.test or subjects[-2:]
+    train = [s for s in subjects if s not in test]
+    out = {"date": time.strftime("%Y-%m-%d"), "device": "cuda" if torch.cuda.is_available() else "cpu",
+           "train_subjects": train, "test_subjects": test, "results": {}}
+    for fam in args.families:
+        t0 = time.perf_counter()
+        if fam == "cnn3d":
+            res = fit_cnn3d(args.cache, steps=args.cnn3d_steps, out=args.cache / "models", progress=False)
+            steps, batch = args.cnn3d_steps, 32
+        else:
+            res = fit(fam, args.cache, "ubfc", "ubfc", TrainConfig(steps=args.steps, batch=args.batch), subjects=train,
+                      out=args.cache / "models", progress=False)
+            steps, batch = args.steps, args.batch
+        train_s = time.perf_counter() - t0
+        scores, m = evaluate_checkpoint(res["checkpoint"], args.cache, "ubfc", "ubfc", subjects=test)
+        out["results"][fam] = {"steps": steps, "batch": batch, "train_s": round(train_s, 1),
+                               "loss_first": res["losses"][0], "loss_last": res["losses"][-1],
+                               "metrics": asdict(m), "clips": [asdict(s) for s in scores]}
+        print(f"{fam}: {steps} steps in {train_s:.0f} s; n={m.n} MAE {m.mae:.2f} RMSE {m.rmse:.2f} "
+              f"MAPE {m.mape:.1f} % r {m.pearson_r:.3f} SNR {m.snr_db:.2f} dB", flush=True)
+    path = Path(__file__).parent / "results" / f"train-eval-{out['date']}.json"
+    path.write_text(json.dumps(out, indent=1, default=float) + "\n")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
