@@ -601,3 +601,22 @@ def sample_ubfc(out: Path, n_subjects: int, duration_s: float, fps: float, seed:
 
 if __name__ == "__main__":
     main()
+
+
+@sample.command("synthetic")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write synthetic.json + c<NN>/frames.npy + truth.csv into.")
+@click.option("--videos-per-class", type=click.IntRange(min=1), default=4, show_default=True,
+              help="60-frame (2-s) videos per HR class; each class is one subject.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same files).")
+def sample_synthetic(out: Path, videos_per_class: int, seed: int) -> None:
+    """Write Bousefsaf's pseudo-PPG videos (75 HR classes, 55-240 bpm, 25x25 px, 30 fps) as a dataset.
+
+    Build it with `rppg-prep build synthetic --root OUT`, train the 3D-CNN on it with
+    `rppg-prep train cnn3d`.
+    """
+    from rppg_prep.datasets.synthetic import write_synthetic
+
+    with _console().status("writing synthetic videos"):
+        ids = write_synthetic(out, videos_per_class=videos_per_class, seed=seed)
+    click.echo(f"wrote {len(ids)} subjects ({videos_per_class} videos each) to {out}")
