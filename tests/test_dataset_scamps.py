@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from miniature import build_and_check, build_fails_naming, frames_rgb, recording
-from rppg_prep.datasets import scamps
+from rppg_prep.datasets import _mat73, scamps
 from rppg_prep.errors import DatasetLayoutError, GroundTruthError, VideoDecodeError
 
 HR = {"P000002": 66.0, "P000010": 96.0}
@@ -109,7 +109,7 @@ def test_build_finds_the_hr_and_labels_line_up(mini, tmp_path):
 def test_frames_read_back_exactly_and_in_blocks(mini, monkeypatch):
     root, _, videos = mini
     sub = scamps.find_subjects(root)[1]
-    monkeypatch.setattr(scamps, "BLOCK_BYTES", 13 * 240 * 240 * 3 * 4)  # blocks that batches straddle
+    monkeypatch.setattr(_mat73, "BLOCK_BYTES", 13 * 240 * 240 * 3 * 4)  # blocks that batches straddle
     with scamps.open_frames(sub) as src:
         assert (src.info.n_frames, src.info.width, src.info.height, src.info.fps) == (360, 240, 240, 30.0)
         assert src.array.block < 360

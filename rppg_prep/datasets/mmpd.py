@@ -21,7 +21,7 @@ file with the same variables, told by ``h5py.is_hdf5``, is read lazily through h
 
 Axis order: ``video`` is taken as MATLAB (T, H, W, C), as rPPG-Toolbox uses it (the README writes
 ``[t, w, h, c]``); h5py shows a v7.3 copy reversed, (C, W, H, T). A (H, W, C, T) array is recognised
-too (:func:`rppg_prep.datasets.scamps.video_axes`).
+too (:func:`rppg_prep.datasets._mat73.video_axes`).
 
 Quirks handled: when ``GT_ppg`` and ``video`` differ in length by more than one sample, the PPG is
 spread evenly from the first to the last frame (what rPPG-Toolbox's index resampling assumes) and a
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from rppg_prep.datasets import Subject, Truth, natural_key
-from rppg_prep.datasets.scamps import as_vector, h5_video_source, open_v73, video_axes
+from rppg_prep.datasets._mat73 import as_vector, h5_video_source, open_v73, video_axes
 from rppg_prep.errors import DatasetLayoutError, GroundTruthError, VideoDecodeError
 
 NAME = "mmpd"
