@@ -1,7 +1,9 @@
 """Evaluate a trained family on a build: HR from the predicted BVP, then MAE, RMSE, MAPE, Pearson r, SNR.
 
-Protocol (one HR per clip): the model sees the first ``Family.frames`` frames of each stored clip;
-the HR of its predicted BVP and the reference HR of the contact PPG over the same frames are both
+Protocol (one HR per clip): the model predicts the whole stored clip in windows of its own length
+(``Family.frames``: Meta-rPPG 60, IENet 128, STGNet 160 frames), placed every ``frames`` frames with
+the last one ending at the clip's end; each window's prediction is z-scored and overlaps are
+averaged. The HR of that BVP and the reference HR of the contact PPG over the same clip are both
 the Welch peak (:func:`rppg_prep.evaluation.hr_from_bvp`, ``protocol="welch"``, 0.1-bpm grid,
 parabolic refinement) within ``band_hz``; SNR is the rPPG-Toolbox SNR of the prediction at the
 reference HR (:func:`rppg_prep.evaluation.snr_toolbox`). Metrics and their standard errors are
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ClipScore", "load_checkpoint", "predict_bvp", "evaluate_checkpoint"]
+__all__ = ["ClipScore", "load_checkpoint", "predict_bvp", "predict_clip", "evaluate_checkpoint"]
 
 #: HR search band of the evaluation, Hz (42-210 bpm, as the labels)
 BAND_HZ = (0.7, 3.5)
@@ -81,6 +83,27 @@ def predict_bvp(family: str, model: torch.nn.Module, x: torch.Tensor) -> torch.T
         prob, _, _ = model(meta_rppg.window_preprocess(x))
         return prob.sum(dim=-1)
     raise KeyError(f"family {family!r} predicts no BVP")
+
+
+def predict_clip(family: str, model: torch.nn.Module, x: torch.Tensor, frames: int, t_axis: int) -> torch.Tensor:
+    """Predicted BVP (B, L) over whole clips ``x`` (L frames on ``t_axis``) from windows of ``frames``.
+
+    Windows start every ``frames`` frames, plus one ending at L when L is not a multiple; each
+    window's prediction is z-scored (families differ in scale and offset) and overlaps averaged.
+    """
+    length = x.shape[t_axis]
+    if length < frames:
+        raise ValueError(f"clips of {length} frames are shorter than the {frames} the model takes")
+    starts = list(range(0, length - frames + 1, frames))
+    if starts[-1] + frames < length:
+        starts.append(length - frames)
+    out = torch.zeros(x.shape[0], length)
+    count = torch.zeros(length)
+    for a in starts:
+        p = predict_bvp(family, model, x.narrow(t_axis, a, frames)).float().cpu()
+        out[:, a:a + frames] += (p - p.mean(1, keepdim=True)) / (p.std(1, keepdim=True) + 1e-8)
+        count[a:a + frames] += 1
+    return out / count
 
 
 def _fps(cache: Path, dataset: str, pipeline: str, subject: str) -> float:
@@ -150,20 +173,18 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
             x_all = torch.stack([it[0] for it in items]).narrow(1, 0, fam.frames).to(dev)
             meta_rppg.adapt(net, meta_rppg.window_preprocess(x_all), steps=adapt_steps)
             net.eval()
-        frames = fam.frames if fam else None
         for a in range(0, len(items), batch):
             chunk = items[a:a + batch]
-            bvp_ref = [it[1].numpy()[:frames] for it in chunk]
+            bvp_ref = [it[1].numpy() for it in chunk]
             hr_ref = [hr_from_bvp(b, fps, protocol="welch", band_hz=BAND_HZ) for b in bvp_ref]
             if fam is None:
                 clips = build[sid]["clips"]["clips"]
                 preds = [cnn3d_clip_hr(net, np.asarray(clips[int(it[3][1])])) for it in chunk]
                 snrs = [float("nan")] * len(chunk)
             else:
-                x = torch.stack([it[0] for it in chunk])
-                x = x.narrow(2 if fam.layout == "NCDHW" else 1, 0, fam.frames).to(dev)
+                x = torch.stack([it[0] for it in chunk]).to(dev)
                 with torch.no_grad():
-                    out = predict_bvp(family, net, x).float().cpu().numpy()
+                    out = predict_clip(family, net, x, fam.frames, 2 if fam.layout == "NCDHW" else 1).numpy()
                 preds = [hr_from_bvp(p, fps, protocol="welch", band_hz=BAND_HZ) for p in out]
                 snrs = [snr_toolbox(p, fps, h, band_hz=BAND_HZ) if np.isfinite(h) else float("nan")
                         for p, h in zip(out, hr_ref)]

@@ -148,7 +148,7 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
         raise VideoDecodeError("video file (or frame folder) is missing", subject=subject.id, path=subject.video)
     decode_files = {"video": fingerprint(subject.video, cache)}
     # files the frame source reads besides the video (VIPL-HR's time.txt holds the frame clock)
-    for i, p in enumerate(getattr(get_loader(subject.dataset), "frame_files", lambda s: ())(subject)):
+    for i, p in enumerate(getattr(get_loader(subject.dataset), "frame_clock_files", lambda s: ())(subject)):
         decode_files[f"frame_file{i}"] = fingerprint(p, cache) if Path(p).exists() else f"missing:{Path(p).name}"
     files = {"decode": decode_files, "labels": _truth_files(subject, cache)}
     keys: dict[str, str] = {}

@@ -171,3 +171,16 @@ def test_import_is_light():
     code = ("import sys, rppg_prep.datasets.vipl_hr; "
             "assert not {'h5py', 'scipy.io', 'pyedflib'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_time_txt_is_part_of_the_decode_key(mini, tmp_path):
+    """time.txt is the frame clock: editing it must re-key decode (and all that follows), not only labels."""
+    from rppg_prep.build import load_pipeline, plan_subject
+
+    s, dst = _copy(mini, tmp_path)
+    pipe = load_pipeline("vipl-hr")
+    before = plan_subject(pipe, s, tmp_path / "cache")
+    times = (dst / "time.txt").read_text().splitlines()
+    (dst / "time.txt").write_text("\n".join(times[:-1] + [str(int(times[-1]) + 5)]) + "\n")
+    after = plan_subject(pipe, s, tmp_path / "cache")
+    assert before["decode"].key != after["decode"].key and before["face"].key != after["face"].key

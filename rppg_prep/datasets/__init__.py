@@ -3,7 +3,7 @@
 A loader module exposes ``NAME``, ``LAYOUT`` (a one-paragraph description of the expected files),
 ``find_subjects(root) -> list[Subject]`` and ``read_truth(subject) -> Truth``; a loader whose frames
 are not a plain video file (image sequences, arrays inside ``.mat`` files) also exposes
-``open_frames(subject) -> rppg_prep.stages.decode.FrameSource``, and ``frame_files(subject) -> tuple of
+``open_frames(subject) -> rppg_prep.stages.decode.FrameSource``, and ``frame_clock_files(subject) -> tuple of
 Path`` when that source reads files besides ``Subject.video`` (a logged frame clock): they are hashed
 into the decode node's key. Heavy readers (h5py, scipy.io, a
 BDF reader) are imported inside the functions that need them, so listing datasets stays cheap.

@@ -199,7 +199,7 @@ def _frame_clock(subject: Subject, data: dict | None, name_ns: np.ndarray,
     return image_ns, notes
 
 
-def frame_files(subject: Subject) -> tuple[Path, ...]:
+def frame_clock_files(subject: Subject) -> tuple[Path, ...]:
     """The JSON when present: its ``/Image`` timestamps are the frame clock (hashed into the decode key)."""
     return tuple(p for p in subject.truth if p.exists())
 

@@ -160,7 +160,7 @@ def read_frame_times(path: Path) -> tuple[np.ndarray, list[str]]:
     return t, notes
 
 
-def frame_files(subject: Subject) -> tuple[Path, ...]:
+def frame_clock_files(subject: Subject) -> tuple[Path, ...]:
     """``time.txt`` when present: the frame clock, hashed into the decode node's key."""
     tpath = subject.video.parent / TIME_FILE
     return (tpath,) if tpath.exists() else ()
