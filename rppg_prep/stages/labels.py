@@ -6,6 +6,10 @@ Welch-PSD peak within ``band_hz`` (:func:`rppg_prep.signal.hr_welch`), and SNR f
 Jeanne, "Robust pulse rate from chrominance-based rPPG", IEEE TBME 60(10), 2013. The device's own
 HR (dropouts masked by the loader) is resampled beside it, never trusted as the label.
 
+When frames were lost (an uneven frame clock), a window's HR and SNR come from the contact signal
+resampled on an even grid over the window's time span instead: treating uneven frames as evenly
+spaced would scale the HR by the fraction of time lost.
+
 Samples a dataset flags as unreliable (``Truth.quality_ok``, e.g. iBVP's SQ2 <= 0.3) are kept on the
 clock: the frames they fall on are marked in ``bvp_ok`` and every window that touches one gets NaN
 HR and SNR. Dropping them instead (as rPPG-Toolbox does) would splice the signal across time gaps.
@@ -104,6 +108,21 @@ def _align(truth: Truth, t_frames_s: np.ndarray, max_missing: int, subject: str 
     return truth.t_s, notes
 
 
+def _windows_on_uniform_grid(t_src: np.ndarray, ppg: np.ndarray, t_frames_s: np.ndarray, windows: np.ndarray,
+                             fps: float, band_hz) -> tuple[np.ndarray, np.ndarray]:
+    """HR (bpm) and SNR (dB) per window from the contact signal on an even grid over each window's time span."""
+    hr, snr = np.full(len(windows), np.nan), np.full(len(windows), np.nan)
+    for i, (a, b) in enumerate(windows):
+        if b - a < 2:
+            continue
+        grid = t_frames_s[a] + np.arange(int(round((t_frames_s[b - 1] - t_frames_s[a]) * fps)) + 1) / fps
+        x = np.interp(grid, t_src, ppg)
+        hr[i] = signal.hr_welch(x, fps, band_hz)
+        if np.isfinite(hr[i]):
+            snr[i] = signal.snr_db(x, fps, hr[i], band_hz)
+    return hr, snr
+
+
 def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, st_windows: np.ndarray,
                 params: LabelParams, *, subject: str | None = None, path: str | None = None,
                 ) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -166,14 +185,25 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     out: dict[str, np.ndarray] = {"bvp": bvp.astype(np.float32), "hr_device_bpm": hr_dev.astype(np.float32),
                                   "bvp_ok": bvp_ok}
     bad_before = np.concatenate([[0], np.cumsum(~bvp_ok)])
+    dt = np.diff(t_frames_s)
+    # lost frames (VIPL-HR, PURE) make the frame clock uneven; spectra need even sampling
+    uniform_clock = dt.size == 0 or bool(np.all(np.abs(dt - np.median(dt)) <= 0.5 * np.median(dt)))
+    if not uniform_clock:
+        notes.append("the frame clock is uneven (lost or repeated frames): window HR and SNR come from the "
+                     f"contact signal resampled on an even {fps:.2f}-Hz grid over each window")
     sliding = signal.windows_by_time(t_frames_s, params.window_s, params.stride_s)
     for prefix, win, hr_name in (("", sliding, "hr_device_window_bpm"), ("clip_", clip_windows, "clip_hr_device_bpm"),
                                  ("st_", st_windows, "st_hr_device_bpm")):
         win = np.asarray(win, dtype=np.int64).reshape(-1, 2)
-        hr = signal.hr_per_window(bvp, fps, win, params.band_hz)
+        if uniform_clock:
+            hr = signal.hr_per_window(bvp, fps, win, params.band_hz)
+            snr = signal.snr_per_window(bvp, fps, win, hr, params.band_hz)
+        else:
+            hr, snr = _windows_on_uniform_grid(t_src, truth.ppg, t_frames_s, win, fps, params.band_hz)
         hr[(bad_before[win[:, 1]] - bad_before[win[:, 0]]) > 0] = np.nan
+        snr[~np.isfinite(hr)] = np.nan
         out[f"{prefix}hr_bpm"] = hr.astype(np.float32)
-        out[f"{prefix}snr_db"] = signal.snr_per_window(bvp, fps, win, hr, params.band_hz).astype(np.float32)
+        out[f"{prefix}snr_db"] = snr.astype(np.float32)
         out[hr_name] = signal.device_hr_per_window(hr_dev, win).astype(np.float32)
     out["window"] = sliding
     return out, notes
