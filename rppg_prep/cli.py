@@ -98,6 +98,10 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
           scheduler: str | None, force: tuple[str, ...], dry_run: bool) -> None:
     """Build PIPELINE (default: ubfc, from pipelines/ubfc.yaml or the stage defaults).
 
+    PIPELINE is a dataset name (`rppg-prep datasets` lists them with the files --root must hold),
+    a config under pipelines/, or a YAML file. Without --root, ubfc and synthetic generate their
+    samples under CACHE/samples; every other dataset needs --root.
+
     Per subject: decode the video (frame times in s), track face landmarks (MediaPipe Face Mesh),
     crop stabilised 128x128 faces, cut clips (160 frames of 64x64 by default), make ST2S
     spatiotemporal images (10-s segments, 3-px strips) and labels (the contact PPG on the video
