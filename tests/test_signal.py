@@ -329,3 +329,15 @@ def test_ubfc_subject11_dropouts_do_not_leak_into_window_labels(ubfc_windows):
     ok = np.isfinite(hr_dev)
     assert np.all((hr_dev[ok] > 60) & (hr_dev[ok] < 180))
     assert np.max(np.abs(hr_ppg[ok] - hr_dev[ok])) < 10.0
+
+
+def test_hr_welch_stays_in_the_band_on_noise_and_edge_peaks():
+    from rppg_prep.signal import hr_welch
+
+    rng = np.random.default_rng(0)
+    band = (0.7, 3.5)
+    hrs = [hr_welch(rng.standard_normal(160), 30.0, band) for _ in range(200)]
+    assert all(42.0 - 1e-9 <= h <= 210.0 + 1e-9 for h in hrs)
+    t = np.arange(300) / 30.0
+    # all the power below the band: the answer is the band's lower edge, not an extrapolated vertex
+    assert hr_welch(np.sin(2 * np.pi * 0.66 * t), 30.0, band) == pytest.approx(42.0, abs=0.11)
