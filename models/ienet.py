@@ -44,6 +44,10 @@ Bugs of the released code and how they are handled here:
   frequency mask. :func:`normalised_psd` divides by a *detached* maximum by default (same values;
   the gradient then flows through the kept bin as the spec intends); ``detach_max=False`` gives
   the reference's behaviour.
+* **Tied peaks add up**: the frequency mask keeps every bin at the maximum and sums their rates,
+  so two bins tied at 1.0 (common on short signals, whose 1-bpm bins are finely interpolated)
+  give their sum, e.g. 96 + 97 = 193 bpm. :func:`frequency_mask_hr` divides by the number of kept
+  bins (detached), i.e. the mean of the tied rates; with one peak it is the reference's value.
 
 Other deviations: NIR given with one channel is replicated to three (the reference stores NIR as
 3 replicated channels); the up-sampling factor and widths follow the constructor arguments
@@ -383,11 +387,14 @@ def normalised_psd(x: torch.Tensor, fs: float = FS, bpm: torch.Tensor | None = N
 
 def frequency_mask_hr(psd: torch.Tensor, bpm: torch.Tensor | None = None) -> torch.Tensor:
     """Frequency-mask activation + read-out: bins < 1 set to 0 (identity gradient where kept),
-    HR = sum_k mask_k * bpm_k. With a max-normalised spectrum this is the peak rate, bpm, (B,)."""
+    HR = sum_k mask_k * bpm_k / (number of kept bins). With a max-normalised spectrum (B, K) this
+    is the peak rate, bpm, (B,); bins tied at the peak give their mean rate (the reference sums
+    them: see the module docstring)."""
     if bpm is None:
         bpm = bpm_grid(device=psd.device)
-    kept = psd * (psd >= 1.0).to(psd.dtype)
-    return kept @ bpm.to(psd.device, psd.dtype)
+    mask = (psd >= 1.0).to(psd.dtype)
+    n_kept = mask.sum(dim=-1).clamp(min=1.0)
+    return (psd * mask) @ bpm.to(psd.device, psd.dtype) / n_kept
 
 
 class FrequencyEnhancedEstimator(nn.Module):

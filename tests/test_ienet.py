@@ -153,6 +153,16 @@ def test_fee_spectrum_reads_hr_of_a_pulse(bpm):
     assert ienet.frequency_mask_hr(psd).item() == pytest.approx(bpm, abs=1.0)
 
 
+def test_fee_tied_peak_bins_give_their_mean_rate():
+    # Short signals interpolate many 1-bpm bins; two can tie at the peak. Summing them (the
+    # reference) would read 96 + 97 = 193 bpm, outside the 40-179 band.
+    psd = torch.zeros(2, 140)
+    psd[0, 56] = psd[0, 57] = 1.0
+    psd[1, 10] = 1.0
+    psd[1, 11] = 0.999
+    assert ienet.frequency_mask_hr(psd).tolist() == pytest.approx([96.5, 50.0])
+
+
 def test_fee_gradient_detached_max_vs_reference():
     torch.manual_seed(0)
     r = torch.randn(4, 128)
