@@ -25,6 +25,19 @@ from rppg_models.train import FAMILIES, TrainConfig, fit, fit_cnn3d
 from rppg_prep.build import open_build
 
 
+def constant_baseline(cache: Path, train: list[str], clips: list[dict]) -> dict:
+    """The floor a model must beat: every test clip predicted at the mean label HR of the training clips."""
+    import numpy as np
+
+    from rppg_prep.evaluation import metrics
+
+    build = open_build(cache, "ubfc", "ubfc")
+    hr = np.concatenate([build[s]["labels"]["clip_hr_bpm"][:] for s in train])
+    const = float(np.nanmean(hr))
+    m = metrics([const] * len(clips), [c["hr_ref_bpm"] for c in clips])
+    return {"hr_bpm": const, "mae": m.mae, "rmse": m.rmse, "mape": m.mape}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, required=True)
@@ -56,6 +69,9 @@ def main() -> None:
                                "metrics": asdict(m), "clips": [asdict(s) for s in scores]}
         print(f"{fam}: {steps} steps in {train_s:.0f} s; n={m.n} MAE {m.mae:.2f} RMSE {m.rmse:.2f} "
               f"MAPE {m.mape:.1f} % r {m.pearson_r:.3f} SNR {m.snr_db:.2f} dB", flush=True)
+    if out["results"]:
+        out["constant_baseline"] = constant_baseline(args.cache, train, next(iter(out["results"].values()))["clips"])
+        print(f"constant {out['constant_baseline']['hr_bpm']:.1f} bpm: MAE {out['constant_baseline']['mae']:.2f}")
     path = Path(__file__).parent / "results" / f"train-eval-{out['date']}.json"
     path.write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(path)
