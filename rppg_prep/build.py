@@ -402,18 +402,21 @@ def dir_bytes(path: Path) -> int:
 def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict[str, Any]]:
     """Open a finished build: subject -> stage -> zarr group of that node (read-only).
 
-    Only subjects whose build succeeded are returned.
+    Only subjects whose build succeeded are returned, in natural order (``subject3`` before
+    ``subject10``), as the build ran them.
 
     Raises
     ------
     StoreError
         If the build or one of its nodes is missing.
     """
+    from rppg_prep.datasets import natural_key
     from rppg_prep.store import read_manifest
 
     man = read_manifest(cache, dataset, pipeline)
     out = {}
-    for sid, rec in man["subjects"].items():
+    for sid in sorted(man["subjects"], key=natural_key):
+        rec = man["subjects"][sid]
         if rec["status"] != "ok":
             continue
         out[sid] = {stage: open_node(Path(cache) / node["path"]) for stage, node in rec["nodes"].items()}

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from rppg_prep.datasets import natural_key
 from rppg_prep.errors import StoreError
 from rppg_prep.store import manifest_path, node_exists, open_node, read_manifest
 
@@ -75,16 +76,10 @@ def _subjects(cache: str | Path, dataset: str, pipeline: str, subject: str | Non
     if subject is None:
         return subjects
     if subject not in subjects:
-        known = ", ".join(sorted(subjects, key=_natural)) or "none"
+        known = ", ".join(sorted(subjects, key=natural_key)) or "none"
         raise StoreError(f"no subject {subject!r} in the build of pipeline {pipeline!r} for dataset {dataset!r}; "
                          f"known subjects: {known}", path=manifest_path(cache, dataset, pipeline))
     return {subject: subjects[subject]}
-
-
-def _natural(s: str) -> tuple:
-    import re
-
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s))
 
 
 def _nodes(cache: str | Path, sid: str, rec: dict[str, Any]) -> dict[str, tuple[Path, Any]]:
@@ -132,7 +127,7 @@ def summarize_build(cache: str | Path, dataset: str, pipeline: str, subject: str
     """
     rows = []
     subjects = _subjects(cache, dataset, pipeline, subject)
-    for sid in sorted(subjects, key=_natural):
+    for sid in sorted(subjects, key=natural_key):
         rec = subjects[sid]
         for stage, (path, group) in _nodes(cache, sid, rec).items():
             key = str(group.attrs.get("key", rec["nodes"][stage]["key"]))[:12]
