@@ -1,13 +1,16 @@
 """Evaluate a trained family on a build: HR from the predicted BVP, then MAE, RMSE, MAPE, Pearson r, SNR.
 
 Protocol (one HR per clip): the model predicts the whole stored clip in windows of its own length
-(``Family.frames``: Meta-rPPG 60, IENet 128, STGNet 160 frames), placed every ``frames`` frames with
-the last one ending at the clip's end; each window's prediction is z-scored and overlaps are
-averaged. The HR of that BVP and the reference HR of the contact PPG over the same clip are both
-the Welch peak (:func:`rppg_prep.evaluation.hr_from_bvp`, ``protocol="welch"``, 0.1-bpm grid,
-parabolic refinement) within ``band_hz``; SNR is the rPPG-Toolbox SNR of the prediction at the
-reference HR (:func:`rppg_prep.evaluation.snr_toolbox`). Metrics and their standard errors are
-:func:`rppg_prep.evaluation.metrics` (rPPG-Toolbox definitions).
+(``Family.frames``: Meta-rPPG 60, IENet 128, STGNet 160 frames, or the ``frames`` it was trained
+with), placed every ``frames`` frames with the last one ending at the clip's end; each window's
+prediction is z-scored and overlaps are averaged. The predicted HR is the Welch peak
+(:func:`rppg_prep.evaluation.hr_from_bvp`, ``protocol="welch"``, 0.1-bpm grid, parabolic
+refinement, 42-210 bpm) of that BVP resampled onto an even grid over the clip's frame clock
+(``labels/t_s``). The reference is the labels node's HR of the clip: beat-based (default) or Welch
+(``hr_label``). SNR is the rPPG-Toolbox SNR of the prediction at the reference HR
+(:func:`rppg_prep.evaluation.snr_toolbox`), and ``bvp_r`` the Pearson r between the predicted and
+the label BVP of the clip. Metrics and their standard errors are :func:`rppg_prep.evaluation.metrics`
+(rPPG-Toolbox definitions).
 
 Bousefsaf's 3D-CNN predicts no BVP: its HR per clip is the reduced HR map of
 :func:`rppg_models.train.cnn3d_clip_hr`, compared with the same reference HR.
@@ -31,13 +34,15 @@ BAND_HZ = (0.7, 3.5)
 
 @dataclass(frozen=True)
 class ClipScore:
-    """One clip: subject, clip number, reference and predicted HR (bpm), SNR of the prediction (dB)."""
+    """One clip: subject, clip number, reference and predicted HR (bpm), SNR of the prediction (dB), and
+    the Pearson r between the predicted BVP and the label BVP of the clip (NaN for the 3D-CNN)."""
 
     subject: str
     clip: int
     hr_ref_bpm: float
     hr_pred_bpm: float
     snr_db: float
+    bvp_r: float = float("nan")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -61,7 +66,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
         model = Cnn3d()
     else:
-        model = FAMILIES[family]().build()
+        cfg = ckpt.get("config", {})
+        model = FAMILIES[family]().build(frames=cfg.get("frames"), size_px=cfg.get("size_px"))
     model.load_state_dict(ckpt["state_dict"])
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     return model.to(device).eval(), meta
@@ -106,15 +112,26 @@ def predict_clip(family: str, model: torch.nn.Module, x: torch.Tensor, frames: i
     return out / count
 
 
-def _fps(cache: Path, dataset: str, pipeline: str, subject: str) -> float:
-    from rppg_prep.build import open_build
+def hr_on_clock(bvp: np.ndarray, t_s: np.ndarray, band_hz=BAND_HZ) -> tuple[float, np.ndarray, float]:
+    """HR (bpm, Welch peak) of a per-frame signal on a possibly uneven frame clock.
 
-    return float(open_build(cache, dataset, pipeline)[subject]["decode"].attrs["fps"])
+    The signal is resampled linearly onto an even grid at its mean frame rate over ``t_s`` (s)
+    first, as the labels' HR is, so lost or irregular frames do not scale the HR. Returns
+    ``(hr_bpm, x_even, fs_hz)``.
+    """
+    from rppg_prep.evaluation import hr_from_bvp
+    from rppg_prep.signal import resample_even
+
+    t = np.asarray(t_s, dtype=np.float64)
+    fs = (t.size - 1) / (t[-1] - t[0])
+    _, x = resample_even(t, np.asarray(bvp, dtype=np.float64), fs)
+    return hr_from_bvp(x, fs, protocol="welch", band_hz=band_hz), x, fs
 
 
 def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str, pipeline: str, *,
                         subjects: list[str] | None = None, device: str = "auto", adapt_steps: int = 0,
-                        batch: int = 8, max_clips: int | None = None) -> tuple[list[ClipScore], Any]:
+                        batch: int = 8, max_clips: int | None = None,
+                        hr_label: str | None = None) -> tuple[list[ClipScore], Any]:
     """Score a checkpoint on every clip of a build.
 
     Parameters
@@ -133,6 +150,9 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
         Clips per forward pass.
     max_clips : int, optional
         Score only the first ``max_clips`` clips of each subject (a quick look; default all).
+    hr_label : {"beats", "welch"}, optional
+        The reference HR of a clip: the labels node's beat-based HR (default, closer to the
+        oximeter) or its Welch HR (:data:`rppg_models.data.HR_LABELS`).
 
     Returns
     -------
@@ -145,23 +165,29 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
     ValueError
         Fewer than 2 clips could be scored.
     """
-    from rppg_models.data import ClipDataset
+    from rppg_models.data import DEFAULT_HR_LABEL, ClipDataset, hr_label_array
     from rppg_models.train import FAMILIES, cnn3d_clip_hr, pick_device
-    from rppg_prep.evaluation import hr_from_bvp, metrics, snr_toolbox
+    from rppg_prep.build import open_build
+    from rppg_prep.evaluation import metrics, snr_toolbox
 
+    hr_label = hr_label or DEFAULT_HR_LABEL
     dev = pick_device(device)
     model, meta = load_checkpoint(checkpoint, dev)
     family = meta["family"]
     fam = FAMILIES[family]() if family != "cnn3d" else None
+    cfg = meta.get("config", {})
     norm, layout = (fam.norm, fam.layout) if fam else ("raw", "NDHWC")
+    frames = (cfg.get("frames") or fam.frames) if fam else None
     cache = Path(cache)
     scores: list[ClipScore] = []
-    from rppg_prep.build import open_build
-
     build = open_build(cache, dataset, pipeline)
     for sid in subjects or list(build):
-        fps = _fps(cache, dataset, pipeline, sid)
-        ds = ClipDataset(cache, dataset, pipeline, subjects=[sid], norm=norm, layout=layout)
+        lab = build[sid]["labels"]
+        t_frames = lab["t_s"][:] if "t_s" in lab else build[sid]["decode"]["t_s"][:]
+        hr_ref_all = hr_label_array(lab, "clip_", hr_label)
+        windows = build[sid]["clips"]["window"][:]
+        ds = ClipDataset(cache, dataset, pipeline, subjects=[sid], norm=norm, layout=layout,
+                         size_px=cfg.get("size_px") if fam else None, hr_label=hr_label)
         if len(ds) == 0:
             continue
         net = model
@@ -175,22 +201,27 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
             net.eval()
         for a in range(0, len(items), batch):
             chunk = items[a:a + batch]
-            bvp_ref = [it[1].numpy() for it in chunk]
-            hr_ref = [hr_from_bvp(b, fps, protocol="welch", band_hz=BAND_HZ) for b in bvp_ref]
+            ks = [int(it[3][1]) for it in chunk]
+            hr_ref = [float(hr_ref_all[k]) for k in ks]
+            clocks = [t_frames[windows[k, 0]:windows[k, 1]] for k in ks]
             if fam is None:
                 clips = build[sid]["clips"]["clips"]
-                preds = [cnn3d_clip_hr(net, np.asarray(clips[int(it[3][1])])) for it in chunk]
+                preds = [cnn3d_clip_hr(net, np.asarray(clips[k])) for k in ks]
                 snrs = [float("nan")] * len(chunk)
+                rs = [float("nan")] * len(chunk)
             else:
                 x = torch.stack([it[0] for it in chunk]).to(dev)
                 with torch.no_grad():
-                    out = predict_clip(family, net, x, fam.frames, 2 if fam.layout == "NCDHW" else 1).numpy()
-                preds = [hr_from_bvp(p, fps, protocol="welch", band_hz=BAND_HZ) for p in out]
-                snrs = [snr_toolbox(p, fps, h, band_hz=BAND_HZ) if np.isfinite(h) else float("nan")
-                        for p, h in zip(out, hr_ref)]
-            for it, h, p, s in zip(chunk, hr_ref, preds, snrs):
+                    out = predict_clip(family, net, x, frames, 2 if fam.layout == "NCDHW" else 1).numpy()
+                preds, snrs, rs = [], [], []
+                for p, it, h, t in zip(out, chunk, hr_ref, clocks):
+                    hr_p, p_even, fs = hr_on_clock(p, t)
+                    preds.append(hr_p)
+                    snrs.append(snr_toolbox(p_even, fs, h, band_hz=BAND_HZ) if np.isfinite(h) else float("nan"))
+                    rs.append(float(np.corrcoef(p, it[1].numpy())[0, 1]))
+            for k, h, p, sn, r in zip(ks, hr_ref, preds, snrs, rs):
                 p = float(p) if p is not None and p > 0 else float("nan")
-                scores.append(ClipScore(sid, int(it[3][1]), float(h), p, float(s)))
+                scores.append(ClipScore(sid, k, h, p, float(sn), r))
     summary = metrics([s.hr_pred_bpm for s in scores], [s.hr_ref_bpm for s in scores],
                       [s.snr_db for s in scores] if fam is not None else None)
     return scores, summary

@@ -50,6 +50,7 @@ class Stage1Config:
     lr: float = 1e-3
     batch: int = 32
     seed: int = 0
+    hr_label: str = "beats"  #: label HR of a segment: "beats" (median of the beats) or "welch"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +59,7 @@ class Stage2Config:
 
     epochs: int = 30
     lr: float = 1e-2
+    hr_label: str = "beats"  #: must match the stage-1 config's
     seed: int = 0
 
 
@@ -71,13 +73,20 @@ class SubjectData:
     label_bpm: np.ndarray  # (N,) float32: the segment's HR
     segment: np.ndarray  # (N,) int64
     shape: tuple[int, int]  # (S, R): segments x strips
+    hr_label: str = "beats"  # which HR of the labels node label_bpm holds
 
 
-def load_subject(sid: str, nodes: dict[str, Any]) -> SubjectData:
-    """Read a subject's ST images segment by segment (full-size images never all in memory)."""
+def load_subject(sid: str, nodes: dict[str, Any], hr_label: str = "beats") -> SubjectData:
+    """Read a subject's ST images segment by segment (full-size images never all in memory).
+
+    ``hr_label`` ("beats" or "welch") picks the segment HR of the labels node
+    (:func:`rppg_models.data.hr_label_array`); ValueError on another value.
+    """
+    from rppg_models.data import hr_label_array
+
     imgs = nodes["st_map"]["images"]
     s_count, r_count = imgs.shape[:2]
-    labels = nodes["labels"]["st_hr_bpm"][:]
+    labels = hr_label_array(nodes["labels"], "st_", hr_label)
     tens, hogs = [], []
     for s in range(s_count):
         seg = np.asarray(imgs[s])
@@ -90,6 +99,7 @@ def load_subject(sid: str, nodes: dict[str, Any]) -> SubjectData:
         label_bpm=np.repeat(labels.astype(np.float32), r_count),
         segment=np.repeat(np.arange(s_count), r_count),
         shape=(s_count, r_count),
+        hr_label=hr_label,
     )
 
 
@@ -127,7 +137,10 @@ def train_stage1(cache: str | Path, dataset: str, pipeline: str, cfg: Stage1Conf
     final = Path(cache) / "models" / f"st2s-cnn-{key[:12]}"
     if (final / "meta.json").exists():
         return key, final
-    data = data or {sid: load_subject(sid, nodes) for sid, nodes in open_build(cache, dataset, pipeline).items()}
+    data = data or {sid: load_subject(sid, nodes, cfg.hr_label)
+                    for sid, nodes in open_build(cache, dataset, pipeline).items()}
+    if any(d.hr_label != cfg.hr_label for d in data.values()):
+        raise ValueError(f"ST images were loaded with another HR label than the config's {cfg.hr_label!r}")
     subjects = [s for s, d in data.items() if len(d.label_bpm)]
     if len(subjects) < 2:
         raise ValueError(f"leave-one-subject-out needs >= 2 subjects with ST images, got {subjects}")
@@ -166,7 +179,8 @@ def _load_fold(path: Path, subject: str) -> st2s.St2sCnn:
 
 
 def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, ckpt_path: Path,
-                threshold_bpm: float, *, data: dict[str, SubjectData] | None = None) -> dict[str, dict[str, str]]:
+                threshold_bpm: float, *, data: dict[str, SubjectData] | None = None,
+                hr_label: str = "beats") -> dict[str, dict[str, str]]:
     """Write the ``st2s_pred`` and ``split`` nodes of every subject that has a fold model.
 
     Returns
@@ -176,7 +190,9 @@ def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, c
     """
     man = read_manifest(cache, dataset, pipeline)
     build = open_build(cache, dataset, pipeline)
-    params = SplitParams(threshold_bpm=threshold_bpm)
+    from rppg_models.data import hr_label_array
+
+    params = SplitParams(threshold_bpm=threshold_bpm, hr_label=hr_label)
     out: dict[str, dict[str, str]] = {}
     for sid in json.loads((ckpt_path / "meta.json").read_text())["subjects"]:
         nodes, rec = build[sid], man["subjects"][sid]["nodes"]
@@ -184,7 +200,7 @@ def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, c
         pkey = node_key(PRED_STAGE, PredParams(), up, {"checkpoint": ckpt_key})
         ppath = node_path(cache, dataset, sid, "st2s_pred", pkey)
         if not node_exists(ppath):
-            d = data[sid] if data else load_subject(sid, nodes)
+            d = data[sid] if data else load_subject(sid, nodes, hr_label)
             pred = st2s.predict_hr(_load_fold(ckpt_path, sid), d.images).reshape(d.shape)
             attrs = {"key": pkey, "stage": "st2s_pred", "version": PRED_STAGE.version, "subject": sid,
                      "params": {}, "inputs": up, "files": {"checkpoint": ckpt_key}}
@@ -195,7 +211,7 @@ def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, c
         spath = node_path(cache, dataset, sid, "split", skey)
         if not node_exists(spath):
             pred = open_node(ppath)["hr_bpm"][:]
-            bad, err = good_bad(pred, nodes["labels"]["st_hr_bpm"][:], threshold_bpm)
+            bad, err = good_bad(pred, hr_label_array(nodes["labels"], "st_", hr_label), threshold_bpm)
             attrs = {"key": skey, "stage": "split", "version": SPLIT_STAGE.version, "subject": sid,
                      "params": json.loads(canonical_json(params)),
                      "inputs": {"st2s_pred": pkey, "labels": up["labels"]}}
@@ -230,7 +246,7 @@ def stage2(cache: str | Path, dataset: str, pipeline: str, split_keys: dict[str,
         "keep_fraction" float}.
     """
     build = open_build(cache, dataset, pipeline)
-    data = data or {sid: load_subject(sid, build[sid]) for sid in split_keys}
+    data = data or {sid: load_subject(sid, build[sid], cfg.hr_label) for sid in split_keys}
     preds, bads = {}, {}
     for sid, keys in split_keys.items():
         preds[sid] = open_node(node_path(cache, dataset, sid, "st2s_pred", keys["st2s_pred"]))["hr_bpm"][:].ravel()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 __all__ = ["Family", "FAMILIES", "TrainConfig", "fit", "fit_cnn3d", "fit_cnn3d_synthetic", "cnn3d_clip_hr",
-           "pick_device", "seed_everything"]
+           "pick_device", "amp_dtype", "seed_everything"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,9 @@ class Family:
 
     Attributes
     ----------
-    build : callable () -> nn.Module
+    build : callable (frames=None, size_px=None) -> nn.Module
+        The model; ``frames`` / ``size_px`` other than None ask for a reduced input (clip length,
+        crop side), which only STGNet supports (ValueError otherwise).
     norm, layout : str
         :class:`rppg_models.data.ClipDataset` normalisation and axis order.
     frames : int
@@ -53,7 +55,20 @@ def _stgnet() -> Family:
     def loss(model, x, bvp):
         return stgnet.neg_pearson_loss(model(x), bvp)
 
-    return Family(stgnet.Stgnet, "raw", "NCDHW", 160, loss)
+    def build(frames=None, size_px=None):
+        return stgnet.Stgnet(frames=frames or stgnet.FRAMES, size=size_px or stgnet.SIZE)
+
+    return Family(build, "raw", "NCDHW", 160, loss)
+
+
+def _fixed_input(name: str, frames_ok: int, size_ok: int, make: Callable[[], torch.nn.Module]):
+    def build(frames=None, size_px=None):
+        if frames not in (None, frames_ok) or size_px not in (None, size_ok):
+            raise ValueError(f"{name} takes {frames_ok}-frame clips of {size_ok} px only "
+                             f"(got frames={frames}, size_px={size_px})")
+        return make()
+
+    return build
 
 
 def _meta_rppg() -> Family:
@@ -67,20 +82,19 @@ def _meta_rppg() -> Family:
         # the prototype and carried LSTM state that test-time adaptation pulls towards (spec §2.4)
         model.update_prototype(meta_rppg.window_preprocess(x))
 
-    return Family(meta_rppg.MetaRppg, "raw", "NDCHW", 60, loss, after_step)
+    return Family(_fixed_input("meta-rppg", meta_rppg.WIN_SIZE, meta_rppg.INPUT_SIZE, meta_rppg.MetaRppg),
+                  "raw", "NDCHW", 60, loss, after_step)
 
 
 def _ienet() -> Family:
     from rppg_models import ienet
 
-    def build():
-        return ienet.Ienet(use_nir=False)  # RGB-only: the UBFC builds have no NIR video
-
     def loss(model, x, bvp):
         _, _, fused = model(x)
         return ienet.rppg_loss(fused, bvp)
 
-    return Family(build, "raw", "NCDHW", 128, loss)
+    # RGB-only: the UBFC builds have no NIR video
+    return Family(_fixed_input("ienet", 128, 64, lambda: ienet.Ienet(use_nir=False)), "raw", "NCDHW", 128, loss)
 
 
 #: family name -> factory of its :class:`Family` (imported only when used)
@@ -89,20 +103,78 @@ FAMILIES: dict[str, Callable[[], Family]] = {"stgnet": _stgnet, "meta-rppg": _me
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Training settings (recorded in the checkpoint)."""
+    """Training settings (recorded in the checkpoint).
+
+    Attributes
+    ----------
+    steps : int
+        Optimiser steps.
+    batch : int
+        Clips per step.
+    lr : float
+        Adam learning rate.
+    seed : int
+    workers : int
+        DataLoader worker processes.
+    frames : int, optional
+        Clip length in frames (STGNet only; default the family's, 160).
+    size_px : int, optional
+        Crop side the clips are resized to when read, px (STGNet only; default the stored 64).
+    amp : {"auto", "on", "off"}
+        Mixed precision: ``auto`` is on for CUDA (float16 with a gradient scaler), off on the CPU;
+        ``on`` on the CPU uses bfloat16.
+    """
 
     steps: int = 100
     batch: int = 4
     lr: float = 1e-4
     seed: int = 0
     workers: int = 0
+    frames: int | None = None
+    size_px: int | None = None
+    amp: str = "auto"
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when present, else CPU."""
+    """The training device: ``auto`` is CUDA when present, else CPU.
+
+    Raises
+    ------
+    RuntimeError
+        ``cuda`` asked for on a machine without a usable CUDA device.
+    ValueError
+        Not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA device "
+                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return dev
+
+
+def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of a run, or None for full float32.
+
+    ``auto``: float16 on CUDA (with a gradient scaler), None on the CPU, where float16 autocast is
+    slow and bfloat16 changes results; ``on``: float16 on CUDA, bfloat16 on the CPU; ``off``: None.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``amp``.
+    """
+    if amp not in ("auto", "on", "off"):
+        raise ValueError(f"amp must be auto, on or off, got {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -138,13 +210,15 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
         raise KeyError(f"unknown family {family_name!r}; known: {', '.join(FAMILIES)}") from None
     dev = pick_device(device)
     gen = seed_everything(cfg.seed)
-    ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=fam.norm, layout=fam.layout)
+    model = fam.build(frames=cfg.frames, size_px=cfg.size_px).to(dev).train()
+    frames = cfg.frames or fam.frames
+    ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=fam.norm, layout=fam.layout,
+                     size_px=cfg.size_px)
     loader = DataLoader(ds, batch_size=cfg.batch, shuffle=True, generator=gen, num_workers=cfg.workers,
                         drop_last=len(ds) > cfg.batch, pin_memory=dev.type == "cuda")
-    model = fam.build().to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    dtype = amp_dtype(dev, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     t_axis = 2 if fam.layout == "NCDHW" else 1
     losses, seen, t0 = [], 0, time.perf_counter()
     bar = None
@@ -157,10 +231,10 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
     try:
         while len(losses) < cfg.steps:
             for x, bvp, _, _ in loader:
-                x = x.narrow(t_axis, 0, fam.frames).to(dev, non_blocking=True)
-                bvp = bvp[:, :fam.frames].to(dev, non_blocking=True)
-                with torch.autocast(dev.type, enabled=amp):
-                    loss = fam.loss(model, x, bvp)
+                x = x.narrow(t_axis, 0, frames).to(dev, non_blocking=True)
+                bvp = bvp[:, :frames].to(dev, non_blocking=True)
+                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                    loss = fam.loss(model, x, bvp).float()
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

@@ -207,9 +207,12 @@ def _status_table(console, pipe, subjects, cache: Path, title: str) -> bool:
               help="Meta-rPPG checkpoints: transductive adaptation steps on each subject's clips first.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="With --checkpoint: auto = CUDA when present.")
+@click.option("--hr-label", type=click.Choice(["beats", "welch"]), default="beats", show_default=True,
+              help="With --checkpoint: the reference HR of a clip, the median of the contact PPG's beats (closer "
+                   "to the oximeter on UBFC-rPPG) or its Welch peak.")
 def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], method: str, mode: str,
              band_hz: tuple[float, float], window_s: float, stride_s: float, csv_path: Path | None,
-             plots: Path | None, checkpoint: Path | None, adapt_steps: int, device: str) -> None:
+             plots: Path | None, checkpoint: Path | None, adapt_steps: int, device: str, hr_label: str) -> None:
     """Score an unsupervised method (GREEN, CHROM, POS, ...) or a trained model (--checkpoint) on
     PIPELINE's build: HR in bpm against the HR of the contact PPG computed the same way; MAE, RMSE,
     MAPE, Pearson r (with standard errors), SNR.
@@ -234,7 +237,7 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
     if not ok:
         raise click.ClickException("no subject built; nothing to evaluate")
     if checkpoint is not None:
-        _evaluate_checkpoint(console, checkpoint, cache, pipe, ok, device, adapt_steps, csv_path)
+        _evaluate_checkpoint(console, checkpoint, cache, pipe, ok, device, adapt_steps, csv_path, hr_label)
         if failed:
             sys.exit(1)
         return
@@ -266,7 +269,7 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
 
 
 def _evaluate_checkpoint(console, checkpoint: Path, cache: Path, pipe, subjects: list[str], device: str,
-                         adapt_steps: int, csv_path: Path | None) -> None:
+                         adapt_steps: int, csv_path: Path | None, hr_label: str = "beats") -> None:
     import csv
 
     from rich.table import Table
@@ -275,18 +278,18 @@ def _evaluate_checkpoint(console, checkpoint: Path, cache: Path, pipe, subjects:
 
     try:
         scores, m = evaluate_checkpoint(checkpoint, cache, pipe.dataset, pipe.name, subjects=subjects, device=device,
-                                        adapt_steps=adapt_steps)
-    except (ValueError, KeyError) as exc:
+                                        adapt_steps=adapt_steps, hr_label=hr_label)
+    except (ValueError, KeyError, RuntimeError) as exc:
         raise click.ClickException(f"{checkpoint}: {exc}") from None
-    table = Table(title=f"{checkpoint.name} on {pipe.name}: HR per clip")
-    for col in ("subject", "clips", "HR pred (bpm)", "HR ref (bpm)", "MAE (bpm)"):
+    table = Table(title=f"{checkpoint.name} on {pipe.name}: HR per clip (reference: {hr_label} HR of the labels)")
+    for col in ("subject", "clips", "HR pred (bpm)", "HR ref (bpm)", "MAE (bpm)", "BVP r"):
         table.add_column(col, justify="left" if col == "subject" else "right")
     for sid in subjects:
         mine = [s for s in scores if s.subject == sid]
         if mine:
             p, r = np.array([s.hr_pred_bpm for s in mine]), np.array([s.hr_ref_bpm for s in mine])
             table.add_row(sid, str(len(mine)), f"{np.nanmedian(p):.1f}", f"{np.nanmedian(r):.1f}",
-                          f"{np.nanmean(np.abs(p - r)):.1f}")
+                          f"{np.nanmean(np.abs(p - r)):.1f}", f"{np.nanmean([s.bvp_r for s in mine]):.2f}")
     console.print(table)
     console.print(f"overall (n={m.n} clips): MAE {m.mae:.2f} ± {m.mae_se:.2f} bpm, RMSE {m.rmse:.2f} ± {m.rmse_se:.2f} "
                   f"bpm, MAPE {m.mape:.2f} ± {m.mape_se:.2f} %, Pearson r {m.pearson_r:.3f} ± {m.pearson_r_se:.3f}, "
@@ -295,9 +298,10 @@ def _evaluate_checkpoint(console, checkpoint: Path, cache: Path, pipe, subjects:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         with open(csv_path, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["subject", "clip", "hr_pred_bpm", "hr_ref_bpm", "snr_db"])
+            w.writerow(["subject", "clip", "hr_pred_bpm", "hr_ref_bpm", "snr_db", "bvp_r"])
             for s in scores:
-                w.writerow([s.subject, s.clip, f"{s.hr_pred_bpm:.3f}", f"{s.hr_ref_bpm:.3f}", f"{s.snr_db:.3f}"])
+                w.writerow([s.subject, s.clip, f"{s.hr_pred_bpm:.3f}", f"{s.hr_ref_bpm:.3f}", f"{s.snr_db:.3f}",
+                            f"{s.bvp_r:.4f}"])
         console.print(f"csv: {csv_path}")
 
 
@@ -337,8 +341,13 @@ def _score_plots(out: Path, scores, method: str) -> list[Path]:
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
               help="Store root holding the build.")
 @click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write PNGs here, per subject: face crops with landmarks, ST images of segment 0, labels.")
-def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Path | None) -> None:
+              help="Also write PNGs here, per subject: face crops with landmarks, ST images of segment 0, labels "
+                   "(and the lag curve with --alignment).")
+@click.option("--alignment", is_flag=True, default=False,
+              help="Also check that the label lines up with the pixels: per subject, the window-mean Pearson r "
+                   "(10-s windows, 5-s stride, 0.7-3.5 Hz) between POS on the crops and the label shifted by "
+                   "-1..+1 s. An aligned label peaks at lag 0 s. Reads every crop (a few s per subject).")
+def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Path | None, alignment: bool) -> None:
     """What a build of PIPELINE stores: per subject, stage and array the shape, dtype, chunks, MB on disk
     and compression ratio (uncompressed / stored). SUBJECT (e.g. subject3) limits it to one subject.
     """
@@ -368,10 +377,31 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
     table.caption = (f"{len({r['subject'] for r in rows})} subject(s), {stored / 1e6:.1f} MB on disk, "
                      f"{raw / 1e6:.1f} MB uncompressed (ratio {raw / max(stored, 1):.2f})")
     console.print(table)
+    sids = list(dict.fromkeys(r["subject"] for r in rows))
+    curves = {}
+    if alignment:
+        from rppg_prep.inspect import subject_alignment
+
+        lag_table = Table(title="label vs pixels: window-mean r between POS and the label shifted by a lag")
+        for col in ("subject", "r at 0 s", "r at -0.5 s", "r at +0.5 s", "best lag (s)", "r at best", "windows"):
+            lag_table.add_column(col, justify="left" if col == "subject" else "right")
+        for sid in sids:
+            c = subject_alignment(cache, pipe.dataset, pipe.name, sid)
+            if c is None:
+                lag_table.add_row(sid, "-", "-", "-", "-", "-", "0")
+                continue
+            curves[sid] = c
+            lag_table.add_row(sid, f"{c.at(0.0):.3f}", f"{c.at(-0.5):.3f}", f"{c.at(0.5):.3f}",
+                              f"{c.best_lag_s:+.2f}", f"{float(np.nanmax(c.r)):.3f}", str(c.n_windows))
+        if curves:
+            mean0 = np.mean([c.at(0.0) for c in curves.values()])
+            lag_table.caption = (f"mean r at lag 0: {mean0:.3f}. An aligned label peaks at 0 s; a peak elsewhere "
+                                 "or no clear peak means the label is on another clock.")
+        console.print(lag_table)
     if png_dir is not None:
-        for sid in dict.fromkeys(r["subject"] for r in rows):
+        for sid in sids:
             try:
-                paths = inspect_png(cache, pipe.dataset, pipe.name, sid, png_dir)
+                paths = inspect_png(cache, pipe.dataset, pipe.name, sid, png_dir, alignment=curves.get(sid))
             except RppgPrepError as exc:
                 raise click.ClickException(str(exc)) from None
             for p in paths:
@@ -401,8 +431,20 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
                    "Keras' default as in the paper].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="stgnet / meta-rppg / ienet: checkpoint folder (default CACHE/models).")
+@click.option("--subjects", default=None,
+              help="stgnet / meta-rppg / ienet: comma-separated training subjects (default: every subject).")
+@click.option("--frames", type=click.IntRange(min=16), default=None,
+              help="stgnet: clip length in frames (default the paper's 160; a CPU recipe may use fewer).")
+@click.option("--size-px", type=click.IntRange(min=8), default=None,
+              help="stgnet: resize the 64-px crops to this side when read (e.g. 32 for a CPU run).")
+@click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Mixed precision: auto = float16 on CUDA, off on the CPU; on = bfloat16 on the CPU.")
+@click.option("--hr-label", type=click.Choice(["beats", "welch"]), default="beats", show_default=True,
+              help="st2s-cnn / st2s: the segment's label HR, the median of the contact PPG's beats (closer to the "
+                   "oximeter on UBFC-rPPG) or its Welch peak.")
 def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: float, stage2_epochs: int,
-          device: str, steps: int, batch: int, lr: float, out: Path | None) -> None:
+          device: str, steps: int, batch: int, lr: float, out: Path | None, subjects: str | None,
+          frames: int | None, size_px: int | None, amp: str, hr_label: str) -> None:
     """Train MODEL on a finished build.
 
     st2s-cnn: the ST2S stage-1 CNN (HR in bpm from 64x64 ST images), leave one subject out, then per
@@ -440,8 +482,13 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
         from rppg_prep.build import load_pipeline
 
         pipe = _load_pipeline(pipeline, load_pipeline)
-        res = fit(model, cache, pipe.dataset, pipe.name, TrainConfig(steps=steps, batch=batch, lr=lr),
-                  device=device, out=out or Path(cache) / "models")
+        try:
+            res = fit(model, cache, pipe.dataset, pipe.name,
+                      TrainConfig(steps=steps, batch=batch, lr=lr, frames=frames, size_px=size_px, amp=amp),
+                      subjects=subjects.split(",") if subjects else None, device=device,
+                      out=out or Path(cache) / "models")
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"{model}: {len(res['losses'])} steps on {res['device']}, loss {res['losses'][0]:.4f} -> "
                    f"{res['losses'][-1]:.4f}, {res['clips_per_s']:.1f} clips/s, checkpoint {res['checkpoint']}")
         return
@@ -457,19 +504,21 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
         with console.status("loading ST images"):
             from rppg_prep.build import open_build
 
-            data = {sid: P.load_subject(sid, n) for sid, n in open_build(cache, pipe.dataset, pipe.name).items()}
+            data = {sid: P.load_subject(sid, n, hr_label)
+                    for sid, n in open_build(cache, pipe.dataset, pipe.name).items()}
         with console.status("stage 1: training one CNN per held-out subject") as st:
-            key, path = P.train_stage1(cache, pipe.dataset, pipe.name, P.Stage1Config(epochs=epochs), data=data,
-                                       device=dev, progress=lambda i, n: st.update(f"stage 1: fold {i}/{n} done"))
-        keys = P.write_split(cache, pipe.dataset, pipe.name, key, path, threshold_bpm, data=data)
+            key, path = P.train_stage1(cache, pipe.dataset, pipe.name, P.Stage1Config(epochs=epochs, hr_label=hr_label),
+                                       data=data, device=dev,
+                                       progress=lambda i, n: st.update(f"stage 1: fold {i}/{n} done"))
+        keys = P.write_split(cache, pipe.dataset, pipe.name, key, path, threshold_bpm, data=data, hr_label=hr_label)
     except (RppgPrepError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     console.print(f"stage-1 checkpoint {path} (key {key[:12]}); split nodes for {len(keys)} subject(s)")
     if model == "st2s-cnn":
         return
     with console.status("stage 2: training the good/bad classifier per held-out subject"):
-        res = P.stage2(cache, pipe.dataset, pipe.name, keys, P.Stage2Config(epochs=stage2_epochs), data=data,
-                       device=dev)
+        res = P.stage2(cache, pipe.dataset, pipe.name, keys, P.Stage2Config(epochs=stage2_epochs, hr_label=hr_label),
+                       data=data, device=dev)
     from rich.table import Table
 
     table = Table(title="ST2S, HR per 10-s segment, leave one subject out (bpm)")

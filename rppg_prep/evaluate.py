@@ -53,7 +53,11 @@ class SubjectScore:
     bvp_ref: np.ndarray
 
 
-def _fill_nan(rgb: np.ndarray) -> np.ndarray:
+def fill_nan(rgb: np.ndarray) -> np.ndarray:
+    """Interpolate frames without skin ROIs (NaN rows of an (T, 3) RGB trace) from their neighbours.
+
+    Raises ValueError if no frame has skin ROIs.
+    """
     ok = np.isfinite(rgb).all(axis=1)
     if not ok.any():
         raise ValueError("no frame has skin ROIs")
@@ -105,7 +109,7 @@ def evaluate_build(cache: str | Path, dataset: str, pipeline: str, method: str, 
         nodes = build[sid]
         fs = float(nodes["face"].attrs["fps"])
         rgb = rgb_trace(nodes["face"]["frames"], nodes["landmarks"]["landmarks"][:], nodes["face"]["box"][:])
-        bvp_pred = fn(_fill_nan(rgb), fs)
+        bvp_pred = fn(fill_nan(rgb), fs)
         bvp_ref = nodes["labels"]["bvp"][:].astype(np.float64)
         if mode == "toolbox":
             pred = np.array([evaluation.hr_from_bvp(bvp_pred, fs, band_hz=band_hz)])

@@ -149,7 +149,8 @@ def _even(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(np.int64))
 
 
-def inspect_png(cache: str | Path, dataset: str, pipeline: str, subject: str, out_dir: str | Path) -> list[Path]:
+def inspect_png(cache: str | Path, dataset: str, pipeline: str, subject: str, out_dir: str | Path, *,
+                alignment=None) -> list[Path]:
     """Write PNGs of one subject's build into ``out_dir``.
 
     - ``<subject>_crops.png``: 16 evenly spaced face crops with the landmarks mapped into crop
@@ -157,7 +158,10 @@ def inspect_png(cache: str | Path, dataset: str, pipeline: str, subject: str, ou
       and whether the frame is valid.
     - ``<subject>_st.png``: 4 ST images of segment 0, strips spread across the face (if the video
       holds a whole segment).
-    - ``<subject>_labels.png``: the reference pulse and the HR per window against the device HR.
+    - ``<subject>_labels.png``: the reference pulse and the HR per window (Welch and beats) against
+      the device HR.
+    - ``<subject>_alignment.png``: with ``alignment`` (a :class:`rppg_prep.alignment.LagCurve` from
+      :func:`subject_alignment`), the pixel-to-label lag-correlation curve.
 
     A figure whose nodes are missing (a failed subject) is skipped with a warning.
 
@@ -171,6 +175,8 @@ def inspect_png(cache: str | Path, dataset: str, pipeline: str, subject: str, ou
         Subject id, e.g. ``subject3``.
     out_dir : str or Path
         Folder for the PNGs (created).
+    alignment : LagCurve, optional
+        Drawn as ``<subject>_alignment.png``.
 
     Returns
     -------
@@ -229,7 +235,39 @@ def inspect_png(cache: str | Path, dataset: str, pipeline: str, subject: str, ou
     if not missing("labels", ("labels", "decode")):
         lab = nodes["labels"]
         written.append(plots.labels_figure(
-            nodes["decode"]["t_s"][:], lab["bvp"][:], lab["window"][:], lab["hr_bpm"][:],
-            lab["hr_device_window_bpm"][:] if "hr_device_window_bpm" in lab else None,
-            out_dir / f"{subject}_labels.png", title=f"{subject}: labels"))
+            lab["t_s"][:] if "t_s" in lab else nodes["decode"]["t_s"][:], lab["bvp"][:], lab["window"][:],
+            lab["hr_bpm"][:], lab["hr_device_window_bpm"][:] if "hr_device_window_bpm" in lab else None,
+            out_dir / f"{subject}_labels.png", title=f"{subject}: labels",
+            hr_beats_bpm=lab["hr_beats_bpm"][:] if "hr_beats_bpm" in lab else None))
+    if alignment is not None:
+        written.append(plots.lag_curve_figure([alignment], out_dir / f"{subject}_alignment.png",
+                                              title=f"{subject}: does the label line up with the pixels?"))
     return written
+
+
+def subject_alignment(cache: str | Path, dataset: str, pipeline: str, subject: str, *, method: str = "pos"):
+    """The pixel-to-label lag-correlation curve of one subject (:func:`rppg_prep.alignment.build_alignment`).
+
+    Returns
+    -------
+    rppg_prep.alignment.LagCurve, or None when the subject lacks a face, landmarks or labels node,
+    or is shorter than one 10-s window plus the +/-1-s lags (a warning says which).
+
+    Raises
+    ------
+    StoreError
+        No such build or subject.
+    """
+    from rppg_prep.alignment import build_alignment
+
+    rec = _subjects(cache, dataset, pipeline, subject)[subject]
+    nodes = {stage: g for stage, (_, g) in _nodes(cache, subject, rec).items()}
+    lost = [s for s in ("face", "landmarks", "labels", "decode") if s not in nodes]
+    if lost:
+        log.warning("%s: no %s node(s); no alignment curve", subject, ", ".join(lost))
+        return None
+    try:
+        return build_alignment(nodes, subject, method=method)
+    except ValueError as exc:
+        log.warning("%s: no alignment curve: %s", subject, exc)
+        return None

@@ -274,13 +274,14 @@ def bvp_and_spectrum(bvp_pred, fs_hz: float, path: str | Path, *, bvp_ref=None, 
     return _save(fig, path)
 
 
-def labels_figure(t_s, bvp, windows, hr_bpm, hr_device_bpm, path: str | Path, *, title: str = "") -> Path:
+def labels_figure(t_s, bvp, windows, hr_bpm, hr_device_bpm, path: str | Path, *, title: str = "",
+                  hr_beats_bpm=None) -> Path:
     """A subject's labels: the reference pulse over time, and HR per window against the device's HR.
 
     Parameters
     ----------
     t_s : array_like of float, shape (T,)
-        Frame times, s (the ``decode`` node's ``t_s``).
+        Frame times, s (the ``labels`` node's ``t_s``).
     bvp : array_like of float, shape (T,)
         Contact PPG on the frame clock (the ``labels`` node's ``bvp``), any unit.
     windows : array_like of int, shape (W, 2)
@@ -293,6 +294,8 @@ def labels_figure(t_s, bvp, windows, hr_bpm, hr_device_bpm, path: str | Path, *,
         Output PNG.
     title : str
         Figure title.
+    hr_beats_bpm : array_like of float, shape (W,), optional
+        Beat-based HR per window, bpm (``labels/hr_beats_bpm``).
 
     Returns
     -------
@@ -327,11 +330,14 @@ def labels_figure(t_s, bvp, windows, hr_bpm, hr_device_bpm, path: str | Path, *,
     ax_b, ax_h = fig.subplots(2, 1, sharex=True)
     ax_b.plot(t - t0, b, color=REF_COLOUR, lw=0.8)
     ax_b.set_ylabel("contact PPG (a.u.)")
-    ax_b.set_title("reference pulse on the video clock", fontsize="medium")
+    ax_b.set_title("reference pulse on the frame clock", fontsize="medium")
     ax_b.grid(alpha=0.3)
     if len(win):
         centre = (t[win[:, 0]] + t[win[:, 1] - 1]) / 2.0 - t0
         ax_h.plot(centre, hr, "o-", color=REF_COLOUR, ms=3, lw=1.0, label="PPG HR (Welch peak)")
+        if hr_beats_bpm is not None:
+            ax_h.plot(centre, np.asarray(hr_beats_bpm, dtype=np.float64), "^-", color="tab:green", ms=3, lw=1.0,
+                      label="PPG HR (median of beats)")
         if dev is not None:
             ax_h.plot(centre, dev, "s--", color=DEVICE_COLOUR, ms=3, lw=1.0, label="device HR (median)")
         ax_h.legend(loc="best", fontsize="small")
@@ -343,6 +349,47 @@ def labels_figure(t_s, bvp, windows, hr_bpm, hr_device_bpm, path: str | Path, *,
     ax_h.set_xlabel("time from first frame (s)")
     ax_h.set_ylabel("HR (bpm)")
     ax_h.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def lag_curve_figure(curves, path: str | Path, *, title: str = "") -> Path:
+    """Pixel-to-label lag-correlation curves, one line per subject (:mod:`rppg_prep.alignment`).
+
+    Parameters
+    ----------
+    curves : sequence of rppg_prep.alignment.LagCurve
+        ``lags_s`` (s) and window-mean Pearson ``r`` per subject.
+    path : str or Path
+        Output PNG.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        No curve.
+    """
+    if not len(curves):
+        raise ValueError("no lag curve to draw")
+    fig = _figure(8.0, 4.5)
+    ax = fig.subplots()
+    for c in curves:
+        ax.plot(c.lags_s, c.r, lw=1.2, label=f"{c.subject}: r(0) {c.at(0.0):.2f}, best {c.best_lag_s:+.2f} s")
+    ax.axvline(0.0, color="black", lw=0.8, ls="--")
+    ax.axhline(0.0, color="grey", lw=0.6)
+    ax.set_xlabel("lag of the label (s): r between the pixels at t and the label at t + lag")
+    ax.set_ylabel("window-mean Pearson r")
+    ax.set_title("pixel pulse (POS) vs label, 0.7-3.5 Hz, 10-s windows: aligned labels peak at 0",
+                 fontsize="medium")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

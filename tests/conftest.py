@@ -59,7 +59,10 @@ def real_build(tmp_path_factory, real_data):
     from rppg_prep.cli import main
 
     root = real_data / "ubfc-rppg"
-    cache = tmp_path_factory.mktemp("real_cache")
+    # a developer may point RPPG_TEST_REAL_CACHE at a cache that already holds the build: the build
+    # below is then a no-op rebuild (or rebuilds only what changed)
+    cache = Path(os.environ["RPPG_TEST_REAL_CACHE"]) if os.environ.get("RPPG_TEST_REAL_CACHE") \
+        else tmp_path_factory.mktemp("real_cache")
     result = CliRunner().invoke(main, ["build", "ubfc", "--root", str(root), "--cache", str(cache)])
     return root, cache, result
 

@@ -110,3 +110,45 @@ def test_evaluate_command_with_a_checkpoint(real_build, tmp_path, two_threads):
     assert "overall (n=" in out.output and "subject12" in out.output
     rows = (tmp_path / "clips.csv").read_text().splitlines()
     assert rows[0] == "subject,clip,hr_pred_bpm,hr_ref_bpm,snr_db" and len(rows) > 2
+
+
+def test_device_selection(monkeypatch):
+    from rppg_models.train import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto").type == "cpu" and pick_device("cpu").type == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        pick_device("cuda")
+    with pytest.raises(ValueError, match="auto, cpu, cuda"):
+        pick_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto").type == "cuda" and pick_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_amp_switches():
+    from rppg_models.train import amp_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype(cpu) is None and amp_dtype(cpu, "off") is None and amp_dtype(cpu, "on") == torch.bfloat16
+    assert amp_dtype(cuda) == torch.float16 and amp_dtype(cuda, "on") == torch.float16 and amp_dtype(cuda, "off") is None
+    with pytest.raises(ValueError, match="amp"):
+        amp_dtype(cpu, "fp8")
+
+
+def test_reduced_stgnet_trains_with_cpu_autocast_and_reloads(real_build, tmp_path, two_threads):
+    """The CPU recipe's switches: fewer frames, smaller crops, bfloat16 autocast; the checkpoint
+    rebuilds the same reduced model for evaluation."""
+    from rppg_models.evaluate import evaluate_checkpoint, load_checkpoint
+
+    _, cache, _ = real_build
+    cfg = TrainConfig(steps=2, batch=2, frames=64, size_px=32, amp="on")
+    res = fit("stgnet", cache, "ubfc", "ubfc", cfg, subjects=["subject12"], device="cpu", out=tmp_path,
+              progress=False)
+    assert all(math.isfinite(v) for v in res["losses"])
+    model, meta = load_checkpoint(res["checkpoint"])
+    assert meta["config"]["frames"] == 64 and meta["config"]["size_px"] == 32
+    scores, _ = evaluate_checkpoint(res["checkpoint"], cache, "ubfc", "ubfc", subjects=["subject12"], device="cpu",
+                                    max_clips=2)
+    assert len(scores) == 2 and all(math.isfinite(s.hr_ref_bpm) for s in scores)
+    with pytest.raises(ValueError, match="meta-rppg takes 60-frame"):
+        fit("meta-rppg", cache, "ubfc", "ubfc", cfg, subjects=["subject12"], device="cpu", progress=False)

@@ -75,7 +75,12 @@ class Truth:
     hr_bpm : ndarray of float64, shape (n,) or None
         The device's own HR (bpm) on the same clock; dropouts replaced by NaN.
     frame_locked : bool
-        True when sample i was recorded with video frame i (UBFC DATASET_2).
+        True when sample i was recorded with video frame i (UBFC DATASET_2, SCAMPS, iBVP, MMPD,
+        synthetic): the labels pair samples with frames by index, never by time.
+    capture_clock : bool
+        True when ``t_s`` are the logged capture times of the frames themselves (frame-locked data
+        only; UBFC DATASET_2 line 3). They become the frame clock of the labels instead of the
+        container's presentation times, which play irregularly captured frames at a constant rate.
     notes : tuple of str
         Quirks noticed while reading (repaired timestamps, masked dropouts).
     quality_ok : ndarray of bool, shape (n,) or None
@@ -87,6 +92,7 @@ class Truth:
     t_s: np.ndarray
     hr_bpm: np.ndarray | None = None
     frame_locked: bool = False
+    capture_clock: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
     quality_ok: np.ndarray | None = None
 

@@ -6,11 +6,18 @@ format from the dataset's readme.
 
 DATASET_2: ``<root>/subject<N>/vid.avi`` (or ``vid.mp4``) and ``ground_truth.txt`` with three
 whitespace-separated lines, one value per video frame: line 1 finger-oximeter PPG (a.u.), line 2
-oximeter HR (bpm), line 3 timestamps (s). The timestamps are the PPG clock; sample i was taken with
-frame i. A sample count one less than the frame count is accepted and noted.
+oximeter HR (bpm), line 3 timestamps (s). The three lines are frame-locked: the recorder logged one
+PPG sample as it grabbed each frame, so sample i belongs to frame i, and line 3 is the capture time
+of frame i (``Truth.frame_locked`` and ``Truth.capture_clock``). The labels therefore pair the PPG
+with the frames by index, and line 3, re-based to 0, is the frame clock of every label in seconds.
+The container's timestamps are not used for the labels: the recorder captured irregularly (gaps up
+to 0.75 s) while the AVI plays its frames at a constant rate, so the container clock drifts from
+line 3 by up to 0.5 s within a video (``../shared/data/README.md``); it stays in ``decode/t_s``.
+A sample count one less than the frame count is accepted and noted.
 
 DATASET_1: ``<root>/<name>/vid*.avi`` and ``gtdump.xmp``, a headerless CSV with columns time (ms),
-HR (bpm), SpO2 (%), PPG (a.u.) at about 62 Hz, started with the video.
+HR (bpm), SpO2 (%), PPG (a.u.) at about 62 Hz, started with the video: a clock of its own, so the
+labels resample it onto the container's frame times.
 
 ``root`` may also be one subject folder itself.
 """
@@ -212,7 +219,7 @@ def _read_dataset2(subject: Subject, path: Path) -> Truth:
     hr_m, n_masked = mask_device_hr(hr, t)
     if n_masked:
         notes.append(f"{n_masked} device-HR samples masked as dropouts or jumps")
-    return Truth(ppg=ppg, t_s=t, hr_bpm=hr_m, frame_locked=True, notes=tuple(notes))
+    return Truth(ppg=ppg, t_s=t, hr_bpm=hr_m, frame_locked=True, capture_clock=True, notes=tuple(notes))
 
 
 def _read_dataset1(subject: Subject, path: Path) -> Truth:

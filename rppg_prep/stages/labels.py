@@ -1,14 +1,27 @@
-"""Stage ``labels``: the contact PPG on the video clock, and HR / SNR per window.
+"""Stage ``labels``: the contact PPG of every frame, its beats, and HR / SNR per window.
 
-The reference PPG is resampled onto the frame timestamps by time, not by sample index (the
-rPPG-Toolbox resamples by index, which drifts when the logger's rate wanders). HR per window is the
-Welch-PSD peak within ``band_hz`` (:func:`rppg_prep.signal.hr_welch`), and SNR follows de Haan &
-Jeanne, "Robust pulse rate from chrominance-based rPPG", IEEE TBME 60(10), 2013. The device's own
-HR (dropouts masked by the loader) is resampled beside it, never trusted as the label.
+The frame clock. Where the ground truth is frame-locked (``Truth.frame_locked``: sample i was
+logged as frame i was grabbed, as in UBFC-rPPG DATASET_2, SCAMPS, iBVP, MMPD), the PPG pairs with the
+frames by index. Where the loader also carries the logged capture time of each frame
+(``Truth.capture_clock``, UBFC-rPPG line 3), those times are the frame clock (``t_s``): the container
+plays irregularly captured frames at a constant rate, so its clock drifts from the capture times by
+up to 0.5 s in UBFC-rPPG (``../shared/data/README.md``), and the container clock stays in
+``decode/t_s`` for reference only. Ground truth on a clock of its own (PURE, UBFC-Phys, COHFACE,
+VIPL-HR, MAHNOB-HCI, MMSE-HR) is resampled onto the frame times by time, not by sample index (the
+rPPG-Toolbox resamples by index, which drifts when the logger's rate wanders).
 
-When frames were lost (an uneven frame clock), a window's HR and SNR come from the contact signal
-resampled on an even grid over the window's time span instead: treating uneven frames as evenly
-spaced would scale the HR by the fraction of time lost.
+HR per window is the Welch-PSD peak within ``band_hz`` (:func:`rppg_prep.signal.hr_welch`), and SNR
+follows de Haan & Jeanne, "Robust pulse rate from chrominance-based rPPG", IEEE TBME 60(10), 2013.
+Beside it, the beat-based HR: systolic peaks of the contact PPG (:func:`rppg_prep.signal.beat_times`,
+``scipy.signal.find_peaks`` with physiological constraints), the inter-beat interval of every
+frame (``ibi_ms``) and the median instantaneous HR of each window (``hr_beats_bpm``), which follows
+an HR that moves within the window where a Welch peak may not. ``label_quality`` marks the windows
+where the two agree within ``quality_tol_bpm`` and no beat is missing. The device's own HR
+(dropouts masked by the loader) is carried beside them, never trusted as the label.
+
+When the frame clock is uneven (lost frames, irregular capture), a window's Welch HR and SNR come
+from the contact signal resampled on an even grid over the window's time span: treating uneven
+frames as evenly spaced would scale the HR by the fraction of time lost.
 
 Samples a dataset flags as unreliable (``Truth.quality_ok``, e.g. iBVP's SQ2 <= 0.3) are kept on the
 clock: the frames they fall on are marked in ``bvp_ok`` and every window that touches one gets NaN
@@ -44,48 +57,64 @@ class LabelParams:
     max_missing_frames : int
         Frames the PPG may lack at the end of the video (UBFC-rPPG logs one sample fewer than it
         has frames in several subjects); more is an error.
+    quality_tol_bpm : float
+        ``label_quality`` is False where the beat-based and the Welch HR of a window differ by more
+        than this, or where a beat is missing.
     """
 
     band_hz: tuple[float, float] = (0.7, 3.5)
     window_s: float = 10.0
     stride_s: float = 1.0
     max_missing_frames: int = 1
+    quality_tol_bpm: float = 5.0
 
     def __post_init__(self) -> None:
         lo, hi = self.band_hz
         if not 0 < lo < hi:
             raise ConfigError(f"labels.band_hz must be (low, high) with 0 < low < high Hz, got {self.band_hz}")
-        if self.window_s <= 0 or self.stride_s <= 0 or self.max_missing_frames < 0:
+        if self.window_s <= 0 or self.stride_s <= 0 or self.max_missing_frames < 0 or self.quality_tol_bpm <= 0:
             raise ConfigError(f"invalid labels params {self}")
 
 
 _W = ("window",)
 STAGE = Stage(
     name="labels",
-    version="2",
+    # 3: frame-locked PPG paired with frames by index, on the logged capture clock; beat-based HR
+    version="3",
     params=LabelParams,
     inputs=("decode", "clips", "st_map"),
     outputs=(
-        ArraySpec("bvp", "float32", ("frame",), "a.u.", "contact PPG resampled onto the frame timestamps"),
+        ArraySpec("t_s", "float64", ("frame",), "s", "frame clock of the labels: logged capture times where the "
+                  "dataset has them (UBFC-rPPG), else the container's"),
+        ArraySpec("bvp", "float32", ("frame",), "a.u.", "contact PPG of each frame (by index when frame-locked, "
+                  "else resampled onto t_s by time)"),
         ArraySpec("hr_device_bpm", "float32", ("frame",), "bpm", "device HR on the frame clock, NaN = dropout"),
         ArraySpec("bvp_ok", "bool", ("frame",), "", "the dataset rates the PPG at this frame reliable"),
+        ArraySpec("beat_t_s", "float64", ("beat",), "s", "systolic peaks of the contact PPG on the frame clock"),
+        ArraySpec("ibi_ms", "float32", ("frame",), "ms", "inter-beat interval the frame falls in, NaN = no beat "
+                  "or a missed beat"),
+        ArraySpec("hr_inst_bpm", "float32", ("frame",), "bpm", "instantaneous HR, 60000 / ibi_ms"),
         ArraySpec("window", "int64", ("window", "start_stop"), "frame", "sliding HR windows"),
-        ArraySpec("hr_bpm", "float32", _W, "bpm", "HR of the PPG per sliding window (Welch peak)"),
-        ArraySpec("snr_db", "float32", _W, "dB", "SNR of the PPG per sliding window"),
-        ArraySpec("hr_device_window_bpm", "float32", _W, "bpm", "median device HR per sliding window"),
-        ArraySpec("clip_hr_bpm", "float32", ("clip",), "bpm", "HR per clip window"),
-        ArraySpec("clip_snr_db", "float32", ("clip",), "dB", "SNR per clip window"),
-        ArraySpec("clip_hr_device_bpm", "float32", ("clip",), "bpm", "median device HR per clip"),
-        ArraySpec("st_hr_bpm", "float32", ("segment",), "bpm", "HR per ST segment"),
-        ArraySpec("st_snr_db", "float32", ("segment",), "dB", "SNR per ST segment"),
-        ArraySpec("st_hr_device_bpm", "float32", ("segment",), "bpm", "median device HR per ST segment"),
+    ) + tuple(
+        spec for prefix, axis, what in (("", "window", "sliding window"), ("clip_", "clip", "clip"),
+                                        ("st_", "segment", "ST segment"))
+        for spec in (
+            ArraySpec(f"{prefix}hr_bpm", "float32", (axis,), "bpm", f"HR of the PPG per {what} (Welch peak)"),
+            ArraySpec(f"{prefix}hr_beats_bpm", "float32", (axis,), "bpm",
+                      f"HR per {what} from the beats (median instantaneous HR)"),
+            ArraySpec(f"{prefix}snr_db", "float32", (axis,), "dB", f"SNR of the PPG per {what}"),
+            ArraySpec(f"{prefix}hr_device{'_window' if not prefix else ''}_bpm", "float32", (axis,), "bpm",
+                      f"median device HR per {what}"),
+            ArraySpec(f"{prefix}label_quality", "bool", (axis,), "",
+                      f"beats and Welch agree within quality_tol_bpm and no beat is missing in the {what}"),
+        )
     ),
 )
 
 
-def _align(truth: Truth, t_frames_s: np.ndarray, max_missing: int, subject: str | None,
-           path: str | None) -> tuple[np.ndarray, list[str]]:
-    """PPG sample times on the video clock, after checking that the PPG covers the video."""
+def _check_cover(truth: Truth, t_frames_s: np.ndarray, max_missing: int, subject: str | None,
+                 path: str | None) -> list[str]:
+    """Raise if the PPG does not cover the video; notes on a sample count off by a little."""
     n_frames, n_ppg = len(t_frames_s), len(truth.ppg)
     notes = []
     if truth.frame_locked:
@@ -105,7 +134,43 @@ def _align(truth: Truth, t_frames_s: np.ndarray, max_missing: int, subject: str 
             raise GroundTruthError(
                 f"ground truth is short: it ends at {truth.t_s[-1]:.2f} s, the video at {t_frames_s[-1]:.2f} s",
                 subject=subject, path=path)
-    return truth.t_s, notes
+    return notes
+
+
+def frame_clock(truth: Truth, t_container_s: np.ndarray) -> tuple[np.ndarray, str]:
+    """The frame clock of the labels: the logged capture times, or the container's times.
+
+    Parameters
+    ----------
+    truth : Truth
+        ``capture_clock`` True: ``truth.t_s[i]`` is the capture time of frame i (UBFC-rPPG line 3).
+    t_container_s : ndarray of float64, shape (T,)
+        The decoder's presentation times.
+
+    Returns
+    -------
+    t_s : ndarray of float64, shape (T,)
+        Seconds, first frame at ``truth.t_s[0]`` (0 after the loader's re-basing). Frames past the
+        last logged time (at most ``max_missing_frames``) continue at the median capture step.
+    clock : str
+        ``"capture"`` or ``"container"``.
+
+    Raises
+    ------
+    ValueError
+        ``capture_clock`` set on a truth that is not frame-locked.
+    """
+    t_container_s = np.asarray(t_container_s, dtype=np.float64)
+    if not truth.capture_clock:
+        return t_container_s, "container"
+    if not truth.frame_locked:
+        raise ValueError("Truth.capture_clock needs frame_locked data (sample i = frame i)")
+    n = len(t_container_s)
+    t = np.asarray(truth.t_s[:n], dtype=np.float64)
+    if t.size < n:
+        step = float(np.median(np.diff(t))) if t.size > 1 else 1.0 / 30.0
+        t = np.concatenate([t, t[-1] + step * np.arange(1, n - t.size + 1)])
+    return t, "capture"
 
 
 def _windows_on_uniform_grid(t_src: np.ndarray, ppg: np.ndarray, t_frames_s: np.ndarray, windows: np.ndarray,
@@ -152,31 +217,46 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     GroundTruthError
         If the PPG does not cover the video (more than ``max_missing_frames`` short).
     """
-    t_src, notes = _align(truth, t_frames_s, params.max_missing_frames, subject, path)
-    bvp = signal.resample_to_frames(t_src, truth.ppg, t_frames_s)
+    t_container_s = np.asarray(t_frames_s, dtype=np.float64)
+    notes = _check_cover(truth, t_container_s, params.max_missing_frames, subject, path)
+    t_frames_s, clock = frame_clock(truth, t_container_s)
+    n = len(t_frames_s)
+    if truth.frame_locked:
+        # sample i belongs to frame i: pair by index; resampling by time onto another clock would
+        # give each frame the PPG of another instant (up to 0.5 s away in UBFC-rPPG)
+        idx = np.minimum(np.arange(n), len(truth.ppg) - 1)
+        bvp = np.asarray(truth.ppg, dtype=np.float64)[idx]
+        t_src, x_src = t_frames_s, bvp
+    else:
+        idx = None
+        bvp = signal.resample_to_frames(truth.t_s, truth.ppg, t_frames_s)
+        t_src, x_src = np.asarray(truth.t_s, dtype=np.float64), np.asarray(truth.ppg, dtype=np.float64)
+    hr_dev = np.full(n, np.nan, dtype=np.float32)
     if truth.hr_bpm is not None:
-        ok = np.isfinite(truth.hr_bpm)
-        hr_dev = np.full(len(t_frames_s), np.nan, dtype=np.float32)
-        if ok.sum() >= 2:
-            hr_dev = signal.resample_to_frames(t_src[ok], truth.hr_bpm[ok], t_frames_s)
+        hr_src = np.asarray(truth.hr_bpm, dtype=np.float64)
+        ok = np.isfinite(hr_src)
+        if idx is not None:
+            hr_dev = hr_src[idx].astype(np.float32)
+        elif ok.sum() >= 2:
+            hr_dev = signal.resample_to_frames(t_src[ok], hr_src[ok], t_frames_s)
             # a frame whose nearest device sample was a dropout stays masked
             nearest = np.clip(np.searchsorted(t_src, t_frames_s), 0, len(t_src) - 1)
             hr_dev[~ok[nearest]] = np.nan
-    else:
-        hr_dev = np.full(len(t_frames_s), np.nan, dtype=np.float32)
 
-    bvp_ok = np.ones(len(t_frames_s), dtype=bool)
+    bvp_ok = np.ones(n, dtype=bool)
     if truth.quality_ok is not None:
         q = np.asarray(truth.quality_ok, dtype=bool)
         if q.shape != truth.ppg.shape:
             raise GroundTruthError(f"{q.size} quality flags for {truth.ppg.size} PPG samples", subject=subject,
                                    path=path)
-        nearest = np.clip(np.searchsorted(t_src, t_frames_s), 0, len(t_src) - 1)
-        prev = np.clip(nearest - 1, 0, len(t_src) - 1)
-        # the frame takes the quality of every sample it is interpolated from (only one when it
-        # falls exactly on a sample, as in frame-locked data, or past the last one)
-        single = (t_src[nearest] == t_frames_s) | (t_frames_s > t_src[-1])
-        bvp_ok = q[nearest] & (q[prev] | single)
+        if idx is not None:
+            bvp_ok = q[idx]
+        else:
+            nearest = np.clip(np.searchsorted(t_src, t_frames_s), 0, len(t_src) - 1)
+            prev = np.clip(nearest - 1, 0, len(t_src) - 1)
+            # the frame takes the quality of both samples it is interpolated from (one past the last)
+            single = (t_src[nearest] == t_frames_s) | (t_frames_s > t_src[-1])
+            bvp_ok = q[nearest] & (q[prev] | single)
         if not bvp_ok.all():
             notes.append(f"{int((~bvp_ok).sum())} frame(s) fall on PPG samples the dataset rates unreliable; "
                          "windows touching them have no HR")
@@ -191,6 +271,18 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     if not uniform_clock:
         notes.append("the frame clock is uneven (lost or repeated frames): window HR and SNR come from the "
                      f"contact signal resampled on an even {fps:.2f}-Hz grid over each window")
+    if clock == "capture":
+        drift = float(np.max(np.abs((t_container_s - t_container_s[0]) - (t_frames_s - t_frames_s[0]))))
+        notes.append(f"labels use the logged capture clock of the frames; the container's clock drifts from it "
+                     f"by up to {drift:.2f} s")
+    finite = np.isfinite(x_src)
+    x_beats = x_src if finite.all() else np.interp(t_src, t_src[finite], x_src[finite])
+    beats = signal.beat_times(t_src, x_beats, max_hr_bpm=60.0 * params.band_hz[1])
+    ibi_ms = signal.ibi_per_frame(beats, t_frames_s, min_hr_bpm=60.0 * params.band_hz[0])
+    out["t_s"] = t_frames_s
+    out["beat_t_s"] = beats
+    out["ibi_ms"] = ibi_ms.astype(np.float32)
+    out["hr_inst_bpm"] = (60000.0 / ibi_ms).astype(np.float32)
     sliding = signal.windows_by_time(t_frames_s, params.window_s, params.stride_s)
     for prefix, win, hr_name in (("", sliding, "hr_device_window_bpm"), ("clip_", clip_windows, "clip_hr_device_bpm"),
                                  ("st_", st_windows, "st_hr_device_bpm")):
@@ -199,11 +291,16 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
             hr = signal.hr_per_window(bvp, fps, win, params.band_hz)
             snr = signal.snr_per_window(bvp, fps, win, hr, params.band_hz)
         else:
-            hr, snr = _windows_on_uniform_grid(t_src, truth.ppg, t_frames_s, win, fps, params.band_hz)
+            hr, snr = _windows_on_uniform_grid(t_src, x_src, t_frames_s, win, fps, params.band_hz)
         hr[(bad_before[win[:, 1]] - bad_before[win[:, 0]]) > 0] = np.nan
         snr[~np.isfinite(hr)] = np.nan
         out[f"{prefix}hr_bpm"] = hr.astype(np.float32)
         out[f"{prefix}snr_db"] = snr.astype(np.float32)
         out[hr_name] = signal.device_hr_per_window(hr_dev, win).astype(np.float32)
+        hr_beats, complete = signal.beats_hr_per_window(ibi_ms, win)
+        hr_beats[(bad_before[win[:, 1]] - bad_before[win[:, 0]]) > 0] = np.nan
+        out[f"{prefix}hr_beats_bpm"] = hr_beats
+        out[f"{prefix}label_quality"] = (complete & np.isfinite(hr) & np.isfinite(hr_beats)
+                                         & (np.abs(hr - hr_beats) <= params.quality_tol_bpm))
     out["window"] = sliding
     return out, notes

@@ -27,13 +27,18 @@ class SplitParams:
     ----------
     threshold_bpm : float
         Largest |stage-1 prediction - label HR| of a "good" ST image, bpm.
+    hr_label : {"beats", "welch"}
+        The segment's label HR: median of the contact PPG's beats, or its Welch peak.
     """
 
     threshold_bpm: float = 5.0
+    hr_label: str = "beats"
 
     def __post_init__(self) -> None:
         if not self.threshold_bpm > 0:
             raise ConfigError(f"split.threshold_bpm must be > 0 bpm, got {self.threshold_bpm}")
+        if self.hr_label not in ("beats", "welch"):
+            raise ConfigError(f"split.hr_label must be 'beats' or 'welch', got {self.hr_label!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
