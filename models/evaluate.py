@@ -6,8 +6,8 @@ with), placed every ``frames`` frames with the last one ending at the clip's end
 prediction is z-scored and overlaps are averaged. The predicted HR is the Welch peak
 (:func:`rppg_prep.evaluation.hr_from_bvp`, ``protocol="welch"``, 0.1-bpm grid, parabolic
 refinement, 42-210 bpm) of that BVP resampled onto an even grid over the clip's frame clock
-(``labels/t_s``). The reference is the labels node's HR of the clip: beat-based (default) or Welch
-(``hr_label``). SNR is the rPPG-Toolbox SNR of the prediction at the reference HR
+(``labels/t_s``). The reference HR of the clip (``hr_label``) is the labels node's beat-based HR
+(default), or the Welch peak of the label BVP computed exactly as the prediction's. SNR is the rPPG-Toolbox SNR of the prediction at the reference HR
 (:func:`rppg_prep.evaluation.snr_toolbox`), and ``bvp_r`` the Pearson r between the predicted and
 the label BVP of the clip. Metrics and their standard errors are :func:`rppg_prep.evaluation.metrics`
 (rPPG-Toolbox definitions).
@@ -202,8 +202,11 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
         for a in range(0, len(items), batch):
             chunk = items[a:a + batch]
             ks = [int(it[3][1]) for it in chunk]
-            hr_ref = [float(hr_ref_all[k]) for k in ks]
             clocks = [t_frames[windows[k, 0]:windows[k, 1]] for k in ks]
+            if hr_label == "welch":  # the label's Welch HR computed exactly as the prediction's
+                hr_ref = [hr_on_clock(it[1].numpy(), t)[0] for it, t in zip(chunk, clocks)]
+            else:
+                hr_ref = [float(hr_ref_all[k]) for k in ks]
             if fam is None:
                 clips = build[sid]["clips"]["clips"]
                 preds = [cnn3d_clip_hr(net, np.asarray(clips[k])) for k in ks]

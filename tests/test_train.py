@@ -91,8 +91,14 @@ def test_evaluate_scores_a_perfect_prediction_as_perfect(real_build, tmp_path, m
     ds = ClipDataset(cache, "ubfc", "ubfc", subjects=["subject12"])
     labels = iter([ds[i][1] for i in range(len(ds))])
     monkeypatch.setattr(ev, "predict_bvp", lambda fam, net, x: torch.stack([next(labels) for _ in range(len(x))]))
-    scores, m = ev.evaluate_checkpoint(res["checkpoint"], cache, "ubfc", "ubfc", subjects=["subject12"], max_clips=6)
+    scores, m = ev.evaluate_checkpoint(res["checkpoint"], cache, "ubfc", "ubfc", subjects=["subject12"], max_clips=6,
+                                       hr_label="welch")
     assert m.mae < 1e-6 and m.snr_db > 5.0 and m.n == 6
+    assert all(s.bvp_r > 0.999 for s in scores)
+    # against the beat-based reference (the default) the same prediction is off by the gap between the two
+    labels = iter([ds[i][1] for i in range(len(ds))])
+    _, m_beats = ev.evaluate_checkpoint(res["checkpoint"], cache, "ubfc", "ubfc", subjects=["subject12"], max_clips=6)
+    assert 0 < m_beats.mae < 3.0
 
 
 def test_evaluate_command_with_a_checkpoint(real_build, tmp_path, two_threads):
@@ -109,7 +115,7 @@ def test_evaluate_command_with_a_checkpoint(real_build, tmp_path, two_threads):
     assert out.exit_code == 0, out.output
     assert "overall (n=" in out.output and "subject12" in out.output
     rows = (tmp_path / "clips.csv").read_text().splitlines()
-    assert rows[0] == "subject,clip,hr_pred_bpm,hr_ref_bpm,snr_db" and len(rows) > 2
+    assert rows[0] == "subject,clip,hr_pred_bpm,hr_ref_bpm,snr_db,bvp_r" and len(rows) > 2
 
 
 def test_device_selection(monkeypatch):
