@@ -33,13 +33,16 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threshold-bpm", type=float, default=5.0)
+    ap.add_argument("--hr-label", choices=("beats", "welch"), default="beats",
+                    help="segment label HR: median of the contact PPG's beats, or its Welch peak")
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.time()
-    data = {sid: P.load_subject(sid, n) for sid, n in open_build(args.cache, "ubfc", "ubfc").items()}
-    key, path = P.train_stage1(args.cache, "ubfc", "ubfc", P.Stage1Config(epochs=args.epochs), data=data)
-    keys = P.write_split(args.cache, "ubfc", "ubfc", key, path, args.threshold_bpm, data=data)
-    res = P.stage2(args.cache, "ubfc", "ubfc", keys, P.Stage2Config(), data=data)
+    data = {sid: P.load_subject(sid, n, args.hr_label) for sid, n in open_build(args.cache, "ubfc", "ubfc").items()}
+    key, path = P.train_stage1(args.cache, "ubfc", "ubfc", P.Stage1Config(epochs=args.epochs, hr_label=args.hr_label),
+                               data=data)
+    keys = P.write_split(args.cache, "ubfc", "ubfc", key, path, args.threshold_bpm, data=data, hr_label=args.hr_label)
+    res = P.stage2(args.cache, "ubfc", "ubfc", keys, P.Stage2Config(hr_label=args.hr_label), data=data)
     rows, all1, all2, allr = {}, [], [], []
     for sid, r in res.items():
         ok = np.isfinite(r["label_bpm"])
@@ -48,6 +51,7 @@ def main() -> None:
                      "keep_fraction": r["keep_fraction"], "fallback_segments": int(r["fallback"].sum())}
         all1.append(r["stage1_bpm"][ok]), all2.append(r["two_stage_bpm"][ok]), allr.append(r["label_bpm"][ok])
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": key, "epochs": args.epochs,
+           "hr_label": args.hr_label,
            "threshold_bpm": args.threshold_bpm, "wall_s": round(time.time() - t0, 1), "subjects": rows,
            "overall": {"stage1": scores(np.concatenate(all1), np.concatenate(allr)),
                        "two_stage": scores(np.concatenate(all2), np.concatenate(allr))}}

@@ -1,13 +1,27 @@
-"""Trained families on real clips: a short CPU training, then HR per held-out clip (run by hand).
+"""Train every family on real clips, then score it on held-out subjects beside POS and a constant (run by hand).
 
-    .venv/bin/python benchmarks/train_eval.py --cache CACHE [--steps 100] [--test subject48 subject49]
+    # CPU recipe (README): STGNet on 32-px crops, Meta-rPPG as published, 40 min each on 2 cores
+    .venv/bin/python benchmarks/train_eval.py --cache CACHE --families stgnet --size-px 32 --lr 1e-3 \\
+        --steps 100000 --minutes 40
+    # a CUDA machine: every family at the paper's input size, in under 10 minutes in all
+    .venv/bin/python benchmarks/train_eval.py --cache CACHE --device cuda
 
-CACHE holds a build of the real UBFC-rPPG subjects (``rppg-prep build ubfc --root ../shared/data/ubfc-rppg``)
-and, for the 3D-CNN, the synthetic build (``rppg-prep build synthetic``; same cache). STGNet,
-Meta-rPPG and IENet (RGB only) train ``--steps`` steps on every subject but the ``--test`` ones;
-the 3D-CNN trains on the synthetic build alone, as in its paper. All are scored with
-:func:`rppg_models.evaluate.evaluate_checkpoint` (one HR per clip, Welch peak, vs the contact PPG over
-the same frames) on the ``--test`` subjects. Writes benchmarks/results/train-eval-<date>.json.
+CACHE holds a build of the 8 real UBFC-rPPG subjects (``rppg-prep build ubfc --root
+../shared/data/ubfc-rppg --cache CACHE``) and, for the 3D-CNN, the synthetic build (``rppg-prep build
+synthetic --cache CACHE``; built here when missing). STGNet, Meta-rPPG and IENet (RGB only) train on
+every subject but the ``--test`` ones (default subject8 and subject9) with
+:func:`rppg_models.train.fit`, for ``--steps`` steps or ``--minutes`` minutes, whichever comes first;
+the 3D-CNN trains on its synthetic videos alone, as in its paper. Each is scored by
+:func:`rppg_models.evaluate.evaluate_checkpoint` on every clip of the test subjects: HR per clip
+(Welch peak of the predicted BVP on the frame clock) against the clip's label HR (``--hr-label``,
+default the median of the beats), MAE / RMSE / MAPE / Pearson r over the clips, SNR, and the mean
+per-clip Pearson r between the predicted and the label BVP. On the same clips: POS on the face-skin
+ROI (no training) and a constant predictor (the mean label HR of the training clips).
+
+With ``--device cuda`` the defaults become a GPU plan (the paper's input sizes; 2 minutes of training
+per family, AMP on) and the JSON also records the GPU's name and each family's peak GPU memory. On
+a machine without CUDA, ``--device cuda`` stops at once with a clear message; ``--device cpu`` (or
+``auto`` without a GPU) never touches CUDA. Writes ``benchmarks/results/train-eval-<date>-<device>.json``.
 """
 
 from __future__ import annotations
@@ -18,64 +32,153 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from rppg_models.evaluate import evaluate_checkpoint
-from rppg_models.train import FAMILIES, TrainConfig, fit, fit_cnn3d
+from rppg_models.data import hr_label_array
+from rppg_models.evaluate import evaluate_checkpoint, hr_on_clock
+from rppg_models.train import FAMILIES, TrainConfig, fit, fit_cnn3d, pick_device
 from rppg_prep.build import open_build
+from rppg_prep.evaluation import metrics
+
+ALL_FAMILIES = [*sorted(FAMILIES), "cnn3d"]
 
 
-def constant_baseline(build: dict, train: list[str], clips: list[dict]) -> dict:
+def clip_table(build: dict, subjects: list[str], hr_label: str) -> list[dict]:
+    """Every clip of ``subjects``: subject, clip number, [start, stop) frames, label HR (bpm)."""
+    out = []
+    for sid in subjects:
+        win = build[sid]["clips"]["window"][:]
+        hr = hr_label_array(build[sid]["labels"], "clip_", hr_label)
+        out += [{"subject": sid, "clip": k, "window": (int(a), int(b)), "hr_ref_bpm": float(h)}
+                for k, ((a, b), h) in enumerate(zip(win, hr))]
+    return out
+
+
+def summary(pred: list[float], ref: list[float], bvp_r: list[float] | None = None) -> dict:
+    m = metrics(pred, ref)
+    return {"n": m.n, "mae": m.mae, "rmse": m.rmse, "mape": m.mape, "pearson_r": m.pearson_r,
+            "bvp_r": float(np.nanmean(bvp_r)) if bvp_r is not None else float("nan")}
+
+
+def constant_baseline(build: dict, train: list[str], clips: list[dict], hr_label: str) -> dict:
     """The floor a model must beat: every test clip predicted at the mean label HR of the training clips."""
-    import numpy as np
+    const = float(np.nanmean(np.concatenate([hr_label_array(build[s]["labels"], "clip_", hr_label) for s in train])))
+    return {"hr_bpm": const, **summary([const] * len(clips), [c["hr_ref_bpm"] for c in clips])}
 
-    from rppg_prep.evaluation import metrics
 
-    hr = np.concatenate([build[s]["labels"]["clip_hr_bpm"][:] for s in train])
-    const = float(np.nanmean(hr))
-    m = metrics([const] * len(clips), [c["hr_ref_bpm"] for c in clips])
-    return {"hr_bpm": const, "mae": m.mae, "rmse": m.rmse, "mape": m.mape}
+def pos_baseline(build: dict, clips: list[dict]) -> dict:
+    """POS (Wang 2017) on the face-skin ROI of each clip: HR as the models' (Welch on the frame clock), BVP r."""
+    from rppg_prep.evaluate import fill_nan
+    from rppg_prep.methods import get_method
+    from rppg_prep.roi import rgb_trace
+
+    pos = get_method("pos")
+    traces, pred, rs = {}, [], []
+    for c in clips:
+        nodes = build[c["subject"]]
+        if c["subject"] not in traces:
+            traces[c["subject"]] = fill_nan(rgb_trace(nodes["face"]["frames"], nodes["landmarks"]["landmarks"][:],
+                                                      nodes["face"]["box"][:]))
+        a, b = c["window"]
+        t = nodes["labels"]["t_s"][a:b]
+        p = pos(traces[c["subject"]][a:b], (b - a - 1) / (t[-1] - t[0]))
+        pred.append(hr_on_clock(p, t)[0])
+        rs.append(float(np.corrcoef(p, nodes["labels"]["bvp"][a:b])[0, 1]))
+    return summary(pred, [c["hr_ref_bpm"] for c in clips], rs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--cnn3d-steps", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--test", nargs="+", default=None, help="held-out subjects (default: the last two)")
-    ap.add_argument("--families", nargs="+", default=[*sorted(FAMILIES), "cnn3d"])
+    ap.add_argument("--families", nargs="+", default=None, choices=ALL_FAMILIES)
+    ap.add_argument("--test", nargs="+", default=["subject8", "subject9"], help="held-out subjects")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--steps", type=int, default=None, help="steps per family (default 100000 on CUDA: time-bound)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="training minutes per family (default 2 on CUDA, unlimited on the CPU)")
+    ap.add_argument("--batch", type=int, default=None, help="clips per step (default 4 on the CPU, 8 on CUDA)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--size-px", type=int, default=None, help="STGNet: resize crops to this side when read")
+    ap.add_argument("--frames", type=int, default=None, help="STGNet: clip length in frames")
+    ap.add_argument("--amp", default="auto", choices=("auto", "on", "off"))
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 on the CPU, 2 on CUDA)")
+    ap.add_argument("--hr-label", default="beats", choices=("beats", "welch"))
+    ap.add_argument("--cnn3d-steps", type=int, default=None, help="3D-CNN steps (default 300 on the CPU, 3000 on CUDA)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    dev = pick_device(args.device)  # raises here, before any work, when CUDA is asked for and absent
+    cuda = dev.type == "cuda"
+    torch.set_num_threads(args.threads)
+    steps = args.steps or (100_000 if cuda else 100)
+    minutes = args.minutes if args.minutes is not None else (2.0 if cuda else None)
+    batch = args.batch or (8 if cuda else 4)
+    workers = args.workers if args.workers is not None else (2 if cuda else 0)
+    families = args.families or ALL_FAMILIES
     build = open_build(args.cache, "ubfc", "ubfc")
-    subjects = list(build)
-    test = args.test or subjects[-2:]
-    train = [s for s in subjects if s not in test]
-    out = {"date": time.strftime("%Y-%m-%d"), "device": "cuda" if torch.cuda.is_available() else "cpu",
-           "train_subjects": train, "test_subjects": test, "results": {}}
-    for fam in args.families:
+    train = [s for s in build if s not in args.test]
+    clips = clip_table(build, args.test, args.hr_label)
+    out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(dev), "hr_label": args.hr_label,
+           "gpu": torch.cuda.get_device_name(dev) if cuda else None, "threads": args.threads,
+           "train_subjects": train, "test_subjects": args.test, "n_clips": len(clips), "results": {}}
+    t_all = time.perf_counter()
+    out["constant"] = constant_baseline(build, train, clips, args.hr_label)
+    out["pos"] = pos_baseline(build, clips)
+    for fam in families:
         t0 = time.perf_counter()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
         if fam == "cnn3d":
-            res = fit_cnn3d(args.cache, steps=args.cnn3d_steps, out=args.cache / "models", progress=False)
-            steps, batch = args.cnn3d_steps, 32
+            n = args.cnn3d_steps or (3000 if cuda else 300)
+            try:
+                open_build(args.cache, "synthetic", "synthetic")
+            except Exception:  # build it (a few seconds) the first time
+                from click.testing import CliRunner
+
+                from rppg_prep.cli import main as cli
+                CliRunner().invoke(cli, ["build", "synthetic", "--cache", str(args.cache)], catch_exceptions=False)
+            res = fit_cnn3d(args.cache, steps=n, batch=32, device=str(dev), out=args.cache / "models", progress=False)
+            cfg = {"steps": n, "batch": 32, "lr": 1e-3}
         else:
-            res = fit(fam, args.cache, "ubfc", "ubfc", TrainConfig(steps=args.steps, batch=args.batch), subjects=train,
+            tc = TrainConfig(steps=steps, batch=batch, lr=args.lr, amp=args.amp, workers=workers,
+                             max_minutes=minutes, **({"size_px": args.size_px, "frames": args.frames}
+                                                     if fam == "stgnet" else {}))
+            res = fit(fam, args.cache, "ubfc", "ubfc", tc, subjects=train, device=str(dev),
                       out=args.cache / "models", progress=False)
-            steps, batch = args.steps, args.batch
+            cfg = asdict(tc)
         train_s = time.perf_counter() - t0
-        scores, m = evaluate_checkpoint(res["checkpoint"], args.cache, "ubfc", "ubfc", subjects=test)
-        out["results"][fam] = {"steps": steps, "batch": batch, "train_s": round(train_s, 1),
-                               "loss_first": res["losses"][0], "loss_last": res["losses"][-1],
-                               "metrics": asdict(m), "clips": [asdict(s) for s in scores]}
-        print(f"{fam}: {steps} steps in {train_s:.0f} s; n={m.n} MAE {m.mae:.2f} RMSE {m.rmse:.2f} "
-              f"MAPE {m.mape:.1f} % r {m.pearson_r:.3f} SNR {m.snr_db:.2f} dB", flush=True)
-    if out["results"]:  # the reference HR of a clip is the same whichever family was scored
-        some_clips = next(iter(out["results"].values()))["clips"]
-        out["constant_baseline"] = constant_baseline(build, train, some_clips)
-        print(f"constant {out['constant_baseline']['hr_bpm']:.1f} bpm: MAE {out['constant_baseline']['mae']:.2f}")
-    path = Path(__file__).parent / "results" / f"train-eval-{out['date']}.json"
-    path.write_text(json.dumps(out, indent=1, default=float) + "\n")
-    print(path)
+        t1 = time.perf_counter()
+        scores, _ = evaluate_checkpoint(res["checkpoint"], args.cache, "ubfc", "ubfc", subjects=args.test,
+                                        device=str(dev), hr_label=args.hr_label)
+        eval_s = time.perf_counter() - t1
+        losses = res["losses"]
+        k = max(1, len(losses) // 20)
+        out["results"][fam] = {
+            "config": cfg, "steps_run": len(losses), "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
+            "train_clips_per_s": res["clips_per_s"], "eval_clips_per_s": len(scores) / eval_s,
+            "gpu_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
+            "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
+            "checkpoint": str(res["checkpoint"]),
+            **summary([s.hr_pred_bpm for s in scores], [s.hr_ref_bpm for s in scores], [s.bvp_r for s in scores]),
+            "clips": [asdict(s) for s in scores]}
+        r = out["results"][fam]
+        print(f"{fam}: {r['steps_run']} steps in {train_s:.0f} s; MAE {r['mae']:.2f} r {r['pearson_r']:.3f} "
+              f"BVP r {r['bvp_r']:.3f}", flush=True)
+    out["wall_s"] = round(time.perf_counter() - t_all, 1)
+    print(f"\n{len(clips)} clips of {', '.join(args.test)}; reference: {args.hr_label} HR of the labels\n")
+    print("| method | training | MAE bpm | RMSE bpm | MAPE % | Pearson r | per-clip BVP r |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    c = out["constant"]
+    print(f"| constant {c['hr_bpm']:.1f} bpm | none | {c['mae']:.2f} | {c['rmse']:.2f} | {c['mape']:.1f} | n/a | n/a |")
+    p = out["pos"]
+    print(f"| POS | none | {p['mae']:.2f} | {p['rmse']:.2f} | {p['mape']:.1f} | {p['pearson_r']:.3f} | {p['bvp_r']:.3f} |")
+    for fam, r in out["results"].items():
+        cfg = r["config"]
+        print(f"| {fam} | {r['steps_run']} steps x {cfg['batch']}, {r['train_s'] / 60:.1f} min | {r['mae']:.2f} | "
+              f"{r['rmse']:.2f} | {r['mape']:.1f} | {r['pearson_r']:.3f} | {r['bvp_r']:.3f} |")
+    dest = Path(__file__).parent / "results" / f"train-eval-{time.strftime('%Y-%m-%d')}-{dev.type}.json"
+    dest.write_text(json.dumps(out, indent=1, default=float) + "\n")
+    print(dest)
 
 
 if __name__ == "__main__":

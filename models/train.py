@@ -123,6 +123,9 @@ class TrainConfig:
     amp : {"auto", "on", "off"}
         Mixed precision: ``auto`` is on for CUDA (float16 with a gradient scaler), off on the CPU;
         ``on`` on the CPU uses bfloat16.
+    max_minutes : float, optional
+        Stop after this much training time (minutes of wall clock) even if fewer than ``steps``
+        steps ran; the result says how many did.
     """
 
     steps: int = 100
@@ -133,6 +136,7 @@ class TrainConfig:
     frames: int | None = None
     size_px: int | None = None
     amp: str = "auto"
+    max_minutes: float | None = None
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -247,13 +251,17 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
                 if bar:
                     rate = seen / (time.perf_counter() - t0)
                     bar.update(task, advance=1, description=f"{family_name} loss {losses[-1]:.4f}, {rate:.1f} clips/s")
-                if len(losses) >= cfg.steps:
+                if len(losses) >= cfg.steps or (cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes):
                     break
+            if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+                break
     finally:
         if bar:
             bar.stop()
     result: dict[str, Any] = {"losses": losses, "clips_per_s": seen / (time.perf_counter() - t0),
-                              "device": str(dev)}
+                              "device": str(dev), "train_s": time.perf_counter() - t0}
+    if dev.type == "cuda":
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     if out is not None:
         result["checkpoint"] = _checkpoint(model, family_name, asdict(cfg), cache, dataset, pipeline, ds.subjects, out)
     return result
