@@ -277,7 +277,11 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
                      f"by up to {drift:.2f} s")
     finite = np.isfinite(x_src)
     x_beats = x_src if finite.all() else np.interp(t_src, t_src[finite], x_src[finite])
-    beats = signal.beat_times(t_src, x_beats, max_hr_bpm=60.0 * params.band_hz[1])
+    try:
+        beats = signal.beat_times(t_src, x_beats, max_hr_bpm=60.0 * params.band_hz[1])
+    except ValueError as exc:  # e.g. a clock with repeated times: Welch labels still stand
+        beats = np.zeros(0)
+        notes.append(f"no beat-based labels: {exc}")
     ibi_ms = signal.ibi_per_frame(beats, t_frames_s, min_hr_bpm=60.0 * params.band_hz[0])
     out["t_s"] = t_frames_s
     out["beat_t_s"] = beats
