@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--size-px", type=int, default=None, help="STGNet: resize crops to this side when read")
     ap.add_argument("--frames", type=int, default=None, help="STGNet: clip length in frames")
     ap.add_argument("--amp", default="auto", choices=("auto", "on", "off"))
+    ap.add_argument("--norm", default=None, help="pixel normalisation instead of the family's (e.g. temporal)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 on the CPU, 2 on CUDA)")
     ap.add_argument("--hr-label", default="beats", choices=("beats", "welch"))
     ap.add_argument("--cnn3d-steps", type=int, default=None, help="3D-CNN steps (default 300 on the CPU, 3000 on CUDA)")
@@ -141,7 +142,7 @@ def main() -> None:
             cfg = {"steps": n, "batch": 32, "lr": 1e-3}
         else:
             tc = TrainConfig(steps=steps, batch=batch, lr=args.lr, amp=args.amp, workers=workers,
-                             max_minutes=minutes, **({"size_px": args.size_px, "frames": args.frames}
+                             max_minutes=minutes, norm=args.norm, **({"size_px": args.size_px, "frames": args.frames}
                                                      if fam == "stgnet" else {}))
             res = fit(fam, args.cache, "ubfc", "ubfc", tc, subjects=train, device=str(dev),
                       out=args.cache / "models", progress=False)

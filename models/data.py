@@ -9,6 +9,11 @@ applied here, at read time (rPPG-Toolbox's data types, prior-art.md §1.3):
     (x[t+1] - x[t]) / (x[t+1] + x[t] + 1e-7), divided by its standard deviation, last frame zero.
 ``standardized``
     (x - mean) / std.
+``temporal``
+    x minus each pixel's mean over the clip, divided by the clip's standard deviation of that: the
+    still face goes, what changes in time (the pulse, motion) stays at unit scale. Not a Toolbox
+    type; a CPU-recipe option for models whose input is otherwise raw pixels, where the pulse is
+    a few thousandths of the range.
 
 Deviation from the Toolbox: the statistics are those of the clip, not of the whole video (a clip
 is all a reader sees; the Toolbox's whole-video statistics also leak the future into a window).
@@ -31,7 +36,7 @@ from torch.utils.data import Dataset
 __all__ = ["ClipDataset", "normalize", "subject_folds", "to_device", "hr_label_array", "NORMALIZATIONS", "LAYOUTS",
            "HR_LABELS", "DEFAULT_HR_LABEL"]
 
-NORMALIZATIONS = ("raw", "diffnorm", "standardized")
+NORMALIZATIONS = ("raw", "diffnorm", "standardized", "temporal")
 LAYOUTS = ("NCDHW", "NDCHW", "NDHWC")
 #: which HR of the labels node is the label: the median of the beats, or the Welch peak
 HR_LABELS = ("beats", "welch")
@@ -84,7 +89,7 @@ def normalize(clip: np.ndarray, how: str) -> np.ndarray:
     Parameters
     ----------
     clip : ndarray of uint8, shape (L, H, W, 3)
-    how : {"raw", "diffnorm", "standardized"}
+    how : {"raw", "diffnorm", "standardized", "temporal"}
 
     Returns
     -------
@@ -105,6 +110,9 @@ def normalize(clip: np.ndarray, how: str) -> np.ndarray:
         return x / 255.0
     if how == "standardized":
         return (x - x.mean()) / (x.std() + 1e-7)
+    if how == "temporal":
+        d = x - x.mean(axis=0, keepdims=True)
+        return d / (d.std() + 1e-7)
     if how == "diffnorm":
         d = np.zeros_like(x)
         d[:-1] = (x[1:] - x[:-1]) / (x[1:] + x[:-1] + 1e-7)

@@ -176,7 +176,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
     family = meta["family"]
     fam = FAMILIES[family]() if family != "cnn3d" else None
     cfg = meta.get("config", {})
-    norm, layout = (fam.norm, fam.layout) if fam else ("raw", "NDHWC")
+    norm, layout = ((cfg.get("norm") or fam.norm), fam.layout) if fam else ("raw", "NDHWC")
     frames = (cfg.get("frames") or fam.frames) if fam else None
     cache = Path(cache)
     scores: list[ClipScore] = []

@@ -120,6 +120,9 @@ class TrainConfig:
         Clip length in frames (STGNet only; default the family's, 160).
     size_px : int, optional
         Crop side the clips are resized to when read, px (STGNet only; default the stored 64).
+    norm : str, optional
+        Pixel normalisation instead of the family's (:data:`rppg_models.data.NORMALIZATIONS`; the
+        CPU recipe uses ``temporal``).
     amp : {"auto", "on", "off"}
         Mixed precision: ``auto`` is on for CUDA (float16 with a gradient scaler), off on the CPU;
         ``on`` on the CPU uses bfloat16.
@@ -137,6 +140,7 @@ class TrainConfig:
     size_px: int | None = None
     amp: str = "auto"
     max_minutes: float | None = None
+    norm: str | None = None
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -216,7 +220,7 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
     gen = seed_everything(cfg.seed)
     model = fam.build(frames=cfg.frames, size_px=cfg.size_px).to(dev).train()
     frames = cfg.frames or fam.frames
-    ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=fam.norm, layout=fam.layout,
+    ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=cfg.norm or fam.norm, layout=fam.layout,
                      size_px=cfg.size_px)
     loader = DataLoader(ds, batch_size=cfg.batch, shuffle=True, generator=gen, num_workers=cfg.workers,
                         drop_last=len(ds) > cfg.batch, pin_memory=dev.type == "cuda")

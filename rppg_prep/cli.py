@@ -439,12 +439,15 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
               help="stgnet: resize the 64-px crops to this side when read (e.g. 32 for a CPU run).")
 @click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Mixed precision: auto = float16 on CUDA, off on the CPU; on = bfloat16 on the CPU.")
+@click.option("--norm", type=click.Choice(["raw", "diffnorm", "standardized", "temporal"]), default=None,
+              help="stgnet / meta-rppg / ienet: pixel normalisation instead of the family's (raw); temporal removes "
+                   "each pixel's clip mean (CPU recipe).")
 @click.option("--hr-label", type=click.Choice(["beats", "welch"]), default="beats", show_default=True,
               help="st2s-cnn / st2s: the segment's label HR, the median of the contact PPG's beats (closer to the "
                    "oximeter on UBFC-rPPG) or its Welch peak.")
 def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: float, stage2_epochs: int,
           device: str, steps: int, batch: int, lr: float, out: Path | None, subjects: str | None,
-          frames: int | None, size_px: int | None, amp: str, hr_label: str) -> None:
+          frames: int | None, size_px: int | None, amp: str, norm: str | None, hr_label: str) -> None:
     """Train MODEL on a finished build.
 
     st2s-cnn: the ST2S stage-1 CNN (HR in bpm from 64x64 ST images), leave one subject out, then per
@@ -484,7 +487,7 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
         pipe = _load_pipeline(pipeline, load_pipeline)
         try:
             res = fit(model, cache, pipe.dataset, pipe.name,
-                      TrainConfig(steps=steps, batch=batch, lr=lr, frames=frames, size_px=size_px, amp=amp),
+                      TrainConfig(steps=steps, batch=batch, lr=lr, frames=frames, size_px=size_px, amp=amp, norm=norm),
                       subjects=subjects.split(",") if subjects else None, device=device,
                       out=out or Path(cache) / "models")
         except (RuntimeError, ValueError, KeyError) as exc:
