@@ -21,7 +21,8 @@ ROI (no training) and a constant predictor (the mean label HR of the training cl
 With ``--device cuda`` the defaults become a GPU plan (the paper's input sizes; 2 minutes of training
 per family, AMP on) and the JSON also records the GPU's name and each family's peak GPU memory. On
 a machine without CUDA, ``--device cuda`` stops at once with a clear message; ``--device cpu`` (or
-``auto`` without a GPU) never touches CUDA. Writes ``benchmarks/results/train-eval-<date>-<device>.json``.
+``auto`` without a GPU) never touches CUDA. Writes
+``benchmarks/results/train-eval-<date>-<device>-<families>.json``.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--size-px", type=int, default=None, help="STGNet: resize crops to this side when read")
     ap.add_argument("--frames", type=int, default=None, help="STGNet: clip length in frames")
+    ap.add_argument("--meta-size-px", type=int, default=None, help="Meta-rPPG: resize crops to this side (>= 32)")
     ap.add_argument("--amp", default="auto", choices=("auto", "on", "off"))
     ap.add_argument("--norm", default=None, help="pixel normalisation instead of the family's (e.g. temporal)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 on the CPU, 2 on CUDA)")
@@ -142,8 +144,9 @@ def main() -> None:
             cfg = {"steps": n, "batch": 32, "lr": 1e-3}
         else:
             tc = TrainConfig(steps=steps, batch=batch, lr=args.lr, amp=args.amp, workers=workers,
-                             max_minutes=minutes, norm=args.norm, **({"size_px": args.size_px, "frames": args.frames}
-                                                     if fam == "stgnet" else {}))
+                             max_minutes=minutes, norm=args.norm,
+                             size_px=args.size_px if fam == "stgnet" else args.meta_size_px if fam == "meta-rppg" else None,
+                             frames=args.frames if fam == "stgnet" else None)
             res = fit(fam, args.cache, "ubfc", "ubfc", tc, subjects=train, device=str(dev),
                       out=args.cache / "models", progress=False)
             cfg = asdict(tc)
@@ -177,7 +180,8 @@ def main() -> None:
         cfg = r["config"]
         print(f"| {fam} | {r['steps_run']} steps x {cfg['batch']}, {r['train_s'] / 60:.1f} min | {r['mae']:.2f} | "
               f"{r['rmse']:.2f} | {r['mape']:.1f} | {r['pearson_r']:.3f} | {r['bvp_r']:.3f} |")
-    dest = Path(__file__).parent / "results" / f"train-eval-{time.strftime('%Y-%m-%d')}-{dev.type}.json"
+    which = "all" if families == ALL_FAMILIES else "-".join(families)
+    dest = Path(__file__).parent / "results" / f"train-eval-{time.strftime('%Y-%m-%d')}-{dev.type}-{which}.json"
     dest.write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(dest)
 

@@ -165,19 +165,21 @@ class MetaRppg(nn.Module):
     ``prototype`` [120], valid once ``prototype_set`` is true) is not a parameter.
     """
 
-    def __init__(self):
+    def __init__(self, size: int = INPUT_SIZE):
         super().__init__()
+        if size < 32:
+            raise ValueError(f"the encoder halves the crop 5 times: size must be >= 32 px, got {size}")
+        self.size = int(size)  # a reduced crop (e.g. 32 px on the CPU) keeps every parameter: the encoder pools
         self.encoder = Encoder()
         self.estimator = Estimator()
         self.generator = SyntheticGradientGenerator()
         self.register_buffer("prototype", torch.zeros(FEAT_DIM))
         self.register_buffer("prototype_set", torch.tensor(False))
 
-    @staticmethod
-    def check_input(x: torch.Tensor) -> None:
-        """Raise ValueError unless ``x`` is [B, 60, 3, 64, 64]."""
-        if x.ndim != 5 or tuple(x.shape[1:]) != (WIN_SIZE, 3, INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"expected (B, {WIN_SIZE}, 3, {INPUT_SIZE}, {INPUT_SIZE}), "
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless ``x`` is [B, 60, 3, size, size] (size 64 by default)."""
+        if x.ndim != 5 or tuple(x.shape[1:]) != (WIN_SIZE, 3, self.size, self.size):
+            raise ValueError(f"expected (B, {WIN_SIZE}, 3, {self.size}, {self.size}), "
                              f"got {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -31,7 +31,7 @@ class Family:
     ----------
     build : callable (frames=None, size_px=None) -> nn.Module
         The model; ``frames`` / ``size_px`` other than None ask for a reduced input (clip length,
-        crop side), which only STGNet supports (ValueError otherwise).
+        crop side): STGNet takes both, Meta-rPPG a crop side >= 32 px, IENet neither (ValueError).
     norm, layout : str
         :class:`rppg_models.data.ClipDataset` normalisation and axis order.
     frames : int
@@ -82,8 +82,12 @@ def _meta_rppg() -> Family:
         # the prototype and carried LSTM state that test-time adaptation pulls towards (spec §2.4)
         model.update_prototype(meta_rppg.window_preprocess(x))
 
-    return Family(_fixed_input("meta-rppg", meta_rppg.WIN_SIZE, meta_rppg.INPUT_SIZE, meta_rppg.MetaRppg),
-                  "raw", "NDCHW", 60, loss, after_step)
+    def build(frames=None, size_px=None):
+        if frames not in (None, meta_rppg.WIN_SIZE):
+            raise ValueError(f"meta-rppg takes {meta_rppg.WIN_SIZE}-frame windows only (got frames={frames})")
+        return meta_rppg.MetaRppg(size=size_px or meta_rppg.INPUT_SIZE)
+
+    return Family(build, "raw", "NDCHW", 60, loss, after_step)
 
 
 def _ienet() -> Family:
@@ -119,7 +123,8 @@ class TrainConfig:
     frames : int, optional
         Clip length in frames (STGNet only; default the family's, 160).
     size_px : int, optional
-        Crop side the clips are resized to when read, px (STGNet only; default the stored 64).
+        Crop side the clips are resized to when read, px (STGNet, or Meta-rPPG >= 32; default the
+        stored 64).
     norm : str, optional
         Pixel normalisation instead of the family's (:data:`rppg_models.data.NORMALIZATIONS`; the
         CPU recipe uses ``temporal``).
