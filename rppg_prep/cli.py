@@ -436,7 +436,8 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
 @click.option("--frames", type=click.IntRange(min=16), default=None,
               help="stgnet: clip length in frames (default the paper's 160; a CPU recipe may use fewer).")
 @click.option("--size-px", type=click.IntRange(min=8), default=None,
-              help="stgnet: resize the 64-px crops to this side when read (e.g. 32 for a CPU run).")
+              help="stgnet, meta-rppg (>= 32): resize the 64-px crops to this side when read (CPU recipe: 16 for "
+                   "stgnet, 32 for meta-rppg).")
 @click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Mixed precision: auto = float16 on CUDA, off on the CPU; on = bfloat16 on the CPU.")
 @click.option("--norm", type=click.Choice(["raw", "diffnorm", "standardized", "temporal"]), default=None,

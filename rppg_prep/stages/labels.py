@@ -196,9 +196,10 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     Parameters
     ----------
     truth : Truth
-        From the dataset loader (PPG clock, 0 = first frame).
+        From the dataset loader (PPG clock, 0 = first frame). ``frame_locked`` truth pairs with the
+        frames by index; ``capture_clock`` truth also supplies the frame clock (:func:`frame_clock`).
     t_frames_s : ndarray of float64, shape (T,)
-        Frame timestamps, seconds.
+        The container's frame timestamps (``decode/t_s``), seconds.
     clip_windows, st_windows : ndarray of int64, shape (N, 2)
         [start, stop) frame windows of the clips and of the ST segments.
     params : LabelParams
@@ -208,7 +209,8 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     Returns
     -------
     arrays : dict of str to ndarray
-        The arrays declared in ``STAGE.outputs``.
+        The arrays declared in ``STAGE.outputs``; ``t_s`` is the frame clock every other array
+        uses.
     notes : list of str
         Quirks worth showing the user.
 
