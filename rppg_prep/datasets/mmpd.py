@@ -28,6 +28,10 @@ spread evenly from the first to the last frame (what rPPG-Toolbox's index resamp
 note says so; the motion label ``'Watching Videos'`` of older releases is kept as written and noted
 as meaning ``'Walking'`` (per rPPG-Toolbox). Frames were downscaled from 1280x720 to 320x240
 (reported in rPPG-Toolbox issue #149), so faces look narrower than they are; that is left as is.
+
+Clock: ``GT_ppg`` holds one sample per frame (frame-locked: the labels pair by index, on the 30-fps
+frame clock) when its length matches the video's; otherwise the PPG is spread over the video's span
+as above and resampled onto the frames by time.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ video (25 fps), so sample i is at ``i / 1000`` s and frame k at ``k / 25`` s:
 * ``Pulse Rate_BPM.txt``: the device's HR (bpm, 1000 Hz) -> ``Truth.hr_bpm``; values outside
   30-220 bpm are masked as dropouts. Optional: without it there is no device HR (noted).
 
+Clock: the physiology has its own 1000-Hz clock, so the labels resample it onto the frame times by
+time (not frame-locked).
+
 Quirks handled:
 
 * Frames are sorted by the number in their name (``2.jpg`` before ``10.jpg``); when every name

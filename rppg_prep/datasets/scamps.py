@@ -25,6 +25,9 @@ never loaded whole (a SCAMPS video is ~0.8 GB as float64).
 Quirks handled: the labels-only download (``scamps_waveforms``: ``.mat`` files without ``Xsub``)
 gives an error that says so; integer-typed frames are taken as 0-255; no dataset HR track is read
 (the README's summary HR variables are not documented by name), so ``hr_bpm`` is None.
+
+Clock: ``d_ppg`` drove the rendered skin colour frame by frame, so it is frame-locked
+(``Truth.frame_locked``): the labels pair sample i with frame i, on the frame source's 30-fps clock.
 """
 
 from __future__ import annotations

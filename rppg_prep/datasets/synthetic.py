@@ -17,6 +17,9 @@ replicated to RGB; the model-side read (/255, minus the clip mean) gives back ex
 :func:`rppg_models.synthetic.generate` returns. ``ppg`` is each video's pseudo-PPG (waveform plus
 trend), ``hr_bpm`` the class HR. The noise class is not quantised in the specification and has no
 uint8 form; the trainer draws it on the fly.
+
+Clock: the pseudo-PPG is generated with the frames (frame-locked): the labels pair row i with frame
+i, on the 30-fps frame clock.
 """
 
 from __future__ import annotations
