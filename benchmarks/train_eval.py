@@ -146,9 +146,9 @@ def main() -> None:
             res = fit_cnn3d(args.cache, steps=n, batch=32, device=str(dev), out=args.cache / "models", progress=False)
             cfg = {"steps": n, "batch": 32, "lr": 1e-3}
         else:
+            size_px = {"stgnet": args.size_px, "meta-rppg": args.meta_size_px}.get(fam)
             tc = TrainConfig(steps=steps, batch=batch, lr=args.lr, amp=args.amp, workers=workers,
-                             max_minutes=minutes, norm=norm,
-                             size_px=args.size_px if fam == "stgnet" else args.meta_size_px if fam == "meta-rppg" else None,
+                             max_minutes=minutes, norm=norm, size_px=size_px,
                              frames=args.frames if fam == "stgnet" else None)
             res = fit(fam, args.cache, "ubfc", "ubfc", tc, subjects=train, device=str(dev),
                       out=args.cache / "models", progress=False)
@@ -178,7 +178,8 @@ def main() -> None:
     c = out["constant"]
     print(f"| constant {c['hr_bpm']:.1f} bpm | none | {c['mae']:.2f} | {c['rmse']:.2f} | {c['mape']:.1f} | n/a | n/a |")
     p = out["pos"]
-    print(f"| POS | none | {p['mae']:.2f} | {p['rmse']:.2f} | {p['mape']:.1f} | {p['pearson_r']:.3f} | {p['bvp_r']:.3f} |")
+    print(f"| POS | none | {p['mae']:.2f} | {p['rmse']:.2f} | {p['mape']:.1f} | {p['pearson_r']:.3f} | "
+          f"{p['bvp_r']:.3f} |")
     for fam, r in out["results"].items():
         cfg = r["config"]
         print(f"| {fam} | {r['steps_run']} steps x {cfg['batch']}, {r['train_s'] / 60:.1f} min | {r['mae']:.2f} | "

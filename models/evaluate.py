@@ -7,9 +7,9 @@ prediction is z-scored and overlaps are averaged. The predicted HR is the Welch 
 (:func:`rppg_prep.evaluation.hr_from_bvp`, ``protocol="welch"``, 0.1-bpm grid, parabolic
 refinement, 42-210 bpm) of that BVP resampled onto an even grid over the clip's frame clock
 (``labels/t_s``). The reference HR of the clip (``hr_label``) is the labels node's beat-based HR
-(default), or the Welch peak of the label BVP computed exactly as the prediction's. SNR is the rPPG-Toolbox SNR of the prediction at the reference HR
-(:func:`rppg_prep.evaluation.snr_toolbox`), and ``bvp_r`` the Pearson r between the predicted and
-the label BVP of the clip. Metrics and their standard errors are :func:`rppg_prep.evaluation.metrics`
+(default), or the Welch peak of the label BVP computed exactly as the prediction's. SNR is the
+rPPG-Toolbox SNR of the prediction at the reference HR (:func:`rppg_prep.evaluation.snr_toolbox`),
+and ``bvp_r`` the Pearson r between the predicted and the label BVP of the clip. Metrics and their standard errors are :func:`rppg_prep.evaluation.metrics`
 (rPPG-Toolbox definitions).
 
 Bousefsaf's 3D-CNN predicts no BVP: its HR per clip is the reduced HR map of

@@ -373,10 +373,10 @@ def beat_times(t_s, ppg, *, max_hr_bpm: float = 210.0, band_hz=(0.5, 8.0), min_p
     zero-phase Butterworth filter (the band of Elgendi et al. 2013 [4]_: baseline wander and
     high-frequency noise out, the systolic upstroke kept), and its maxima are found with
     ``scipy.signal.find_peaks`` under two physiological constraints: peaks at least
-    ``60 / max_hr_bpm`` s and half the dominant pulse period (the Welch HR of the whole signal)
-    apart, so that a dicrotic wave is not a beat, and a prominence of at least ``min_prominence`` times the local
-    pulse amplitude (the 5-95 % range of the filtered signal within +/- 1.5 s), which rejects
-    dicrotic waves and noise. Each peak is then moved to the maximum of the unfiltered signal within
+    ``60 / max_hr_bpm`` s and half the dominant pulse period (from the Welch HR of the whole
+    signal) apart, so that a dicrotic wave is not a beat; and a prominence of at least
+    ``min_prominence`` times the local pulse amplitude (the 5-95 % range of the filtered signal
+    within +/- 1.5 s), which rejects noise. Each peak is then moved to the maximum of the unfiltered signal within
     +/- 0.1 s (the filter shifts the peak of an asymmetric pulse) and refined to a fraction of a
     sample by a parabola through the three samples around it [3]_. With ``fiducial="foot"`` each
     beat is instead the pulse onset: the minimum of the unfiltered signal in the 0.5 s before its
@@ -455,8 +455,9 @@ def beat_times(t_s, ppg, *, max_hr_bpm: float = 210.0, band_hz=(0.5, 8.0), min_p
         out.append(grid[0] + (k + frac) / fs)
     beats = np.unique(np.round(np.asarray(out, dtype=np.float64), 9))
     # two refined peaks closer than the refractory limit are one beat
-    keep = np.concatenate([[True], np.diff(beats) >= 0.5 * 60.0 / max_hr_bpm]) if beats.size else beats.astype(bool)
-    return beats[keep]
+    if beats.size < 2:
+        return beats
+    return beats[np.concatenate([[True], np.diff(beats) >= 0.5 * 60.0 / max_hr_bpm])]
 
 
 def ibi_per_frame(beats_s, t_frames_s, *, max_ibi_ratio: float = 1.6, min_hr_bpm: float = 40.0) -> np.ndarray:

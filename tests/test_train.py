@@ -136,7 +136,8 @@ def test_amp_switches():
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert amp_dtype(cpu) is None and amp_dtype(cpu, "off") is None and amp_dtype(cpu, "on") == torch.bfloat16
-    assert amp_dtype(cuda) == torch.float16 and amp_dtype(cuda, "on") == torch.float16 and amp_dtype(cuda, "off") is None
+    assert amp_dtype(cuda) == torch.float16 and amp_dtype(cuda, "on") == torch.float16
+    assert amp_dtype(cuda, "off") is None
     with pytest.raises(ValueError, match="amp"):
         amp_dtype(cpu, "fp8")
 
