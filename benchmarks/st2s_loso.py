@@ -5,7 +5,7 @@
 The build must exist (``rppg-prep build ubfc --root ../shared/data/ubfc-rppg --cache CACHE``).
 Prints, per held-out subject and overall, MAE / RMSE (bpm) and Pearson r of the HR per 10-s ST
 segment: stage 1 alone (mean over all ST images) vs two-stage (mean over the images stage 2 keeps),
-and writes benchmarks/results/st2s-loso-<date>.json.
+and writes benchmarks/results/st2s-loso-<date>-<hr label>.json.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
     o = out["overall"]
     print(f"overall: stage 1 MAE {o['stage1']['mae']:.2f} RMSE {o['stage1']['rmse']:.2f} r {o['stage1']['r']:.3f}; "
           f"two-stage MAE {o['two_stage']['mae']:.2f} RMSE {o['two_stage']['rmse']:.2f} r {o['two_stage']['r']:.3f}")
-    dest = Path(__file__).resolve().parent / "results" / f"st2s-loso-{time.strftime('%Y-%m-%d')}.json"
+    dest = Path(__file__).resolve().parent / "results" / f"st2s-loso-{time.strftime('%Y-%m-%d')}-{args.hr_label}.json"
     dest.write_text(json.dumps(out, indent=1))
     print(f"written {dest}")
 
