@@ -40,6 +40,9 @@ Deviations from the reference code (not bugs):
 * Initialisation: Conv/ConvTranspose/Linear weights N(0, 0.02) as in the reference; biases,
   BatchNorm1d/3d and the LSTM keep PyTorch defaults (the reference's BN init targets
   BatchNorm2d, which the model does not contain, so it has no effect there either).
+* ``MetaRppg(size=32)`` takes smaller crops than the reference's 64 px (a CPU-recipe option): the
+  encoder ends in adaptive average pooling, so every parameter and count stays the same; the
+  default is the reference's 64.
 * Only the model, the losses, the prototype update and test-time adaptation are implemented; the
   meta-training outer loop (inner/outer steps over tasks, §2.5) is left to the training layer.
 """
@@ -307,7 +310,7 @@ def adapt(model: MetaRppg, x_unlabelled: torch.Tensor, steps: int = 1, lr: float
     RuntimeError
         If the prototype has never been set (:meth:`MetaRppg.update_prototype`).
     """
-    MetaRppg.check_input(x_unlabelled)
+    model.check_input(x_unlabelled)
     if not bool(model.prototype_set):
         raise RuntimeError("prototype not set: call model.update_prototype(x) first")
     generator_was_training = model.generator.training

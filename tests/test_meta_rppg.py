@@ -208,3 +208,14 @@ def test_window_preprocess_masked_mean():
     assert torch.allclose(y0.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-3)
     with pytest.raises(ValueError, match="mask"):
         mr.window_preprocess(x, torch.zeros_like(mask))
+
+
+def test_reduced_crop_keeps_every_parameter():
+    full, small = mr.MetaRppg(), mr.MetaRppg(size=32)
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in full.parameters()) == 379_808
+    prob, decision, z = small(mr.window_preprocess(torch.rand(2, 60, 3, 32, 32)))
+    assert prob.shape == (2, 60, 40) and z.shape == (2, 60, 120)
+    with pytest.raises(ValueError, match="expected"):
+        small(torch.rand(1, 60, 3, 64, 64))
+    with pytest.raises(ValueError, match=">= 32"):
+        mr.MetaRppg(size=16)
