@@ -41,8 +41,24 @@ def test_normalisations():
     x = clip.astype(np.float32)
     ref = (x[1] - x[0]) / (x[1] + x[0] + 1e-7)
     np.testing.assert_allclose(dn[0] / dn[0].std(), ref / ref.std(), rtol=1e-4)
+    tm = normalize(clip, "temporal")
+    np.testing.assert_allclose(tm.mean(axis=0), 0.0, atol=1e-5)  # every pixel's clip mean is gone
+    assert abs(tm.std() - 1) < 1e-4
+    still = normalize(np.repeat(clip[:1], 8, axis=0), "temporal")
+    assert np.all(still == 0)  # a face that does not change carries nothing
     with pytest.raises(ValueError):
         normalize(clip, "nope")
+
+
+def test_hr_label_and_size_choices(cache):
+    beats = ClipDataset(cache, "ubfc", "ubfc", hr_label="beats", size_px=16)
+    welch = ClipDataset(cache, "ubfc", "ubfc", hr_label="welch")
+    x, _, hr_b, _ = beats[0]
+    assert x.shape == (3, 160, 16, 16)
+    hr_w = welch[0][2]
+    assert 50 < float(hr_b) < 120 and abs(float(hr_b) - float(hr_w)) < 10  # the sample's HR drifts slowly
+    with pytest.raises(ValueError, match="hr_label"):
+        ClipDataset(cache, "ubfc", "ubfc", hr_label="oximeter")
 
 
 def test_subject_folds_are_disjoint_and_cover_everyone():
