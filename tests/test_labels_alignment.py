@@ -113,3 +113,21 @@ def test_real_pixels_line_up_with_the_labels_at_lag_0(real_build):
     assert np.mean(at0) >= 0.40, at0
     assert np.mean(at0) >= max(np.mean(minus), np.mean(plus)), (at0, minus, plus)
     assert np.mean(at0) >= np.mean(paired) - 0.01, (at0, paired)
+
+
+def test_inspect_shows_the_lag_curve(real_build, tmp_path):
+    from click.testing import CliRunner
+
+    from rppg_prep.cli import main
+
+    _, cache, _ = real_build
+    res = CliRunner().invoke(main, ["inspect", "ubfc", "subject8", "--cache", str(cache), "--alignment",
+                                    "--png", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "label vs pixels" in res.output and "best lag" in res.output
+    import re
+
+    r0 = float(re.search(r"mean r at lag 0:\s+(-?\d+\.\d+)", res.output).group(1))
+    assert r0 > 0.4  # subject8's label lines up with its pixels (0.58)
+    assert (tmp_path / "subject8_alignment.png").stat().st_size > 10_000
+    assert (tmp_path / "subject8_labels.png").exists()
