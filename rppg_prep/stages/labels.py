@@ -278,8 +278,8 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
         notes.append(f"labels use the logged capture clock of the frames; the container's clock drifts from it "
                      f"by up to {drift:.2f} s")
     finite = np.isfinite(x_src)
-    x_beats = x_src if finite.all() else np.interp(t_src, t_src[finite], x_src[finite])
     try:
+        x_beats = x_src if finite.all() else np.interp(t_src, t_src[finite], x_src[finite])
         beats = signal.beat_times(t_src, x_beats, max_hr_bpm=60.0 * params.band_hz[1])
     except ValueError as exc:  # e.g. a clock with repeated times: Welch labels still stand
         beats = np.zeros(0)
