@@ -1,8 +1,10 @@
 """Train every family on real clips, then score it on held-out subjects beside POS and a constant (run by hand).
 
-    # CPU recipe (README): STGNet on 32-px crops, Meta-rPPG as published, 40 min each on 2 cores
-    .venv/bin/python benchmarks/train_eval.py --cache CACHE --families stgnet --size-px 32 --lr 1e-3 \\
-        --steps 100000 --minutes 40
+    # CPU recipe (README): STGNet on 16-px crops, Meta-rPPG on 32-px crops, both `temporal`
+    .venv/bin/python benchmarks/train_eval.py --cache CACHE --families stgnet --size-px 16 --norm temporal \\
+        --lr 1e-3 --batch 4 --steps 1500 --threads 1
+    .venv/bin/python benchmarks/train_eval.py --cache CACHE --families meta-rppg --meta-size-px 32 \\
+        --norm temporal --lr 1e-3 --batch 4 --steps 1000 --threads 1
     # a CUDA machine: every family at the paper's input size, in under 10 minutes in all
     .venv/bin/python benchmarks/train_eval.py --cache CACHE --device cuda
 
@@ -41,6 +43,7 @@ from rppg_models.data import hr_label_array
 from rppg_models.evaluate import evaluate_checkpoint, hr_on_clock
 from rppg_models.train import FAMILIES, TrainConfig, fit, fit_cnn3d, pick_device
 from rppg_prep.build import open_build
+from rppg_prep.errors import StoreError
 from rppg_prep.evaluation import metrics
 
 ALL_FAMILIES = [*sorted(FAMILIES), "cnn3d"]
@@ -71,17 +74,15 @@ def constant_baseline(build: dict, train: list[str], clips: list[dict], hr_label
 
 def pos_baseline(build: dict, clips: list[dict]) -> dict:
     """POS (Wang 2017) on the face-skin ROI of each clip: HR as the models' (Welch on the frame clock), BVP r."""
-    from rppg_prep.evaluate import fill_nan
+    from rppg_prep.evaluate import skin_rgb
     from rppg_prep.methods import get_method
-    from rppg_prep.roi import rgb_trace
 
     pos = get_method("pos")
     traces, pred, rs = {}, [], []
     for c in clips:
         nodes = build[c["subject"]]
         if c["subject"] not in traces:
-            traces[c["subject"]] = fill_nan(rgb_trace(nodes["face"]["frames"], nodes["landmarks"]["landmarks"][:],
-                                                      nodes["face"]["box"][:]))
+            traces[c["subject"]] = skin_rgb(nodes)
         a, b = c["window"]
         t = nodes["labels"]["t_s"][a:b]
         p = pos(traces[c["subject"]][a:b], (b - a - 1) / (t[-1] - t[0]))
@@ -138,7 +139,7 @@ def main() -> None:
             n = args.cnn3d_steps or (3000 if cuda else 300)
             try:
                 open_build(args.cache, "synthetic", "synthetic")
-            except Exception:  # build it (a few seconds) the first time
+            except StoreError:  # no synthetic build yet: make it (a few seconds)
                 from click.testing import CliRunner
 
                 from rppg_prep.cli import main as cli

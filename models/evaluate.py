@@ -9,8 +9,8 @@ refinement, 42-210 bpm) of that BVP resampled onto an even grid over the clip's 
 (``labels/t_s``). The reference HR of the clip (``hr_label``) is the labels node's beat-based HR
 (default), or the Welch peak of the label BVP computed exactly as the prediction's. SNR is the
 rPPG-Toolbox SNR of the prediction at the reference HR (:func:`rppg_prep.evaluation.snr_toolbox`),
-and ``bvp_r`` the Pearson r between the predicted and the label BVP of the clip. Metrics and their standard errors are :func:`rppg_prep.evaluation.metrics`
-(rPPG-Toolbox definitions).
+and ``bvp_r`` the Pearson r between the predicted and the label BVP of the clip. Metrics and their
+standard errors are :func:`rppg_prep.evaluation.metrics` (rPPG-Toolbox definitions).
 
 Bousefsaf's 3D-CNN predicts no BVP: its HR per clip is the reduced HR map of
 :func:`rppg_models.train.cnn3d_clip_hr`, compared with the same reference HR.
@@ -165,7 +165,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
     ValueError
         Fewer than 2 clips could be scored.
     """
-    from rppg_models.data import DEFAULT_HR_LABEL, ClipDataset, hr_label_array
+    from rppg_models.data import DEFAULT_HR_LABEL, ClipDataset
     from rppg_models.train import FAMILIES, cnn3d_clip_hr, pick_device
     from rppg_prep.build import open_build
     from rppg_prep.evaluation import metrics, snr_toolbox
@@ -184,7 +184,6 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
     for sid in subjects or list(build):
         lab = build[sid]["labels"]
         t_frames = lab["t_s"][:] if "t_s" in lab else build[sid]["decode"]["t_s"][:]
-        hr_ref_all = hr_label_array(lab, "clip_", hr_label)
         windows = build[sid]["clips"]["window"][:]
         ds = ClipDataset(cache, dataset, pipeline, subjects=[sid], norm=norm, layout=layout,
                          size_px=cfg.get("size_px") if fam else None, hr_label=hr_label)
@@ -205,8 +204,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
             clocks = [t_frames[windows[k, 0]:windows[k, 1]] for k in ks]
             if hr_label == "welch":  # the label's Welch HR computed exactly as the prediction's
                 hr_ref = [hr_on_clock(it[1].numpy(), t)[0] for it, t in zip(chunk, clocks)]
-            else:
-                hr_ref = [float(hr_ref_all[k]) for k in ks]
+            else:  # the dataset item carries the clip's label HR (ClipDataset's hr_label)
+                hr_ref = [float(it[2]) for it in chunk]
             if fam is None:
                 clips = build[sid]["clips"]["clips"]
                 preds = [cnn3d_clip_hr(net, np.asarray(clips[k])) for k in ks]

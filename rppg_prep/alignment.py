@@ -131,13 +131,11 @@ def pixel_signal(nodes: dict[str, Any], method: str = "pos") -> tuple[np.ndarray
     fs_hz : float
         The rate the method assumed (the face node's fps).
     """
-    from rppg_prep.evaluate import fill_nan
+    from rppg_prep.evaluate import skin_rgb
     from rppg_prep.methods import get_method
-    from rppg_prep.roi import rgb_trace
 
     fs = float(nodes["face"].attrs["fps"])
-    rgb = rgb_trace(nodes["face"]["frames"], nodes["landmarks"]["landmarks"][:], nodes["face"]["box"][:])
-    return get_method(method)(fill_nan(rgb), fs), fs
+    return get_method(method)(skin_rgb(nodes), fs), fs
 
 
 def build_alignment(nodes: dict[str, Any], subject: str = "", *, method: str = "pos",

@@ -22,7 +22,7 @@ from rppg_prep.build import open_build
 from rppg_prep.methods import get_method
 from rppg_prep.roi import rgb_trace
 
-__all__ = ["SubjectScore", "evaluate_build", "MODES"]
+__all__ = ["SubjectScore", "evaluate_build", "skin_rgb", "MODES"]
 
 MODES = ("toolbox", "windowed")
 
@@ -63,6 +63,28 @@ def fill_nan(rgb: np.ndarray) -> np.ndarray:
         raise ValueError("no frame has skin ROIs")
     idx = np.arange(len(rgb))
     return np.stack([np.interp(idx, idx[ok], rgb[ok, c]) for c in range(3)], axis=1)
+
+
+def skin_rgb(nodes: dict) -> np.ndarray:
+    """Mean RGB of the face skin in every stored crop of one subject of a build.
+
+    Parameters
+    ----------
+    nodes : dict
+        One subject of :func:`rppg_prep.open_build` (needs ``face`` and ``landmarks``).
+
+    Returns
+    -------
+    ndarray of float64, shape (T, 3)
+        :func:`rppg_prep.roi.rgb_trace` (0-255 scale), frames without skin ROIs interpolated
+        (:func:`fill_nan`).
+
+    Raises
+    ------
+    ValueError
+        No frame has skin ROIs.
+    """
+    return fill_nan(rgb_trace(nodes["face"]["frames"], nodes["landmarks"]["landmarks"][:], nodes["face"]["box"][:]))
 
 
 def evaluate_build(cache: str | Path, dataset: str, pipeline: str, method: str, *, mode: str = "toolbox",
@@ -108,8 +130,7 @@ def evaluate_build(cache: str | Path, dataset: str, pipeline: str, method: str, 
     for sid in wanted:
         nodes = build[sid]
         fs = float(nodes["face"].attrs["fps"])
-        rgb = rgb_trace(nodes["face"]["frames"], nodes["landmarks"]["landmarks"][:], nodes["face"]["box"][:])
-        bvp_pred = fn(fill_nan(rgb), fs)
+        bvp_pred = fn(skin_rgb(nodes), fs)
         bvp_ref = nodes["labels"]["bvp"][:].astype(np.float64)
         if mode == "toolbox":
             pred = np.array([evaluation.hr_from_bvp(bvp_pred, fs, band_hz=band_hz)])
