@@ -75,7 +75,12 @@ def hr_label_array(labels_group, prefix: str, hr_label: str = DEFAULT_HR_LABEL) 
 
 
 def resize_clip(clip: np.ndarray, size_px: int) -> np.ndarray:
-    """Resize every frame of a uint8 clip (L, H, W, 3) to (size_px, size_px) (OpenCV, area interpolation)."""
+    """Resize every frame of a clip to a square side.
+
+    ``clip`` is uint8 (L, H, W, 3); returns uint8 (L, size_px, size_px, 3), the same array when it
+    already has that size. ``cv2.resize`` with area interpolation, which averages the pixels it
+    merges as a skin ROI mean does.
+    """
     import cv2
 
     if clip.shape[1] == clip.shape[2] == size_px:

@@ -115,9 +115,31 @@ def predict_clip(family: str, model: torch.nn.Module, x: torch.Tensor, frames: i
 def hr_on_clock(bvp: np.ndarray, t_s: np.ndarray, band_hz=BAND_HZ) -> tuple[float, np.ndarray, float]:
     """HR (bpm, Welch peak) of a per-frame signal on a possibly uneven frame clock.
 
-    The signal is resampled linearly onto an even grid at its mean frame rate over ``t_s`` (s)
-    first, as the labels' HR is, so lost or irregular frames do not scale the HR. Returns
-    ``(hr_bpm, x_even, fs_hz)``.
+    The signal is resampled linearly onto an even grid at its mean frame rate over ``t_s`` first,
+    as the labels' HR is, so lost or irregular frames do not scale the HR.
+
+    Parameters
+    ----------
+    bvp : ndarray of float, shape (L,)
+        One value per frame (any unit).
+    t_s : ndarray of float, shape (L,)
+        The frames' times in s, strictly increasing (``labels/t_s`` of the clip).
+    band_hz : (float, float)
+        HR search band, Hz.
+
+    Returns
+    -------
+    hr_bpm : float
+        :func:`rppg_prep.evaluation.hr_from_bvp` (``protocol="welch"``) of the even signal.
+    x_even : ndarray of float64, shape (M,)
+        The signal on the even grid.
+    fs_hz : float
+        The grid's rate, (L - 1) / duration.
+
+    Raises
+    ------
+    ValueError
+        ``t_s`` not strictly increasing or of another length than ``bvp``.
     """
     from rppg_prep.evaluation import hr_from_bvp
     from rppg_prep.signal import resample_even
