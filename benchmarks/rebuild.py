@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rppg_prep.build import environment_threads, load_pipeline  # noqa: E402
+from rppg_prep.build import environment_threads  # noqa: E402
+from rppg_prep.pipeline import load_pipeline  # noqa: E402
 from rppg_prep.dag import run_build  # noqa: E402
 from rppg_prep.datasets import ubfc  # noqa: E402
 

@@ -184,8 +184,8 @@ class ClipDataset(Dataset):
     def __init__(self, cache: str | Path, dataset: str, pipeline: str, *, subjects: list[str] | None = None,
                  norm: str = "raw", label_norm: str = "standardized", layout: str = "NCDHW",
                  hr_label: str = DEFAULT_HR_LABEL, size_px: int | None = None):
-        from rppg_prep.build import open_build
-        from rppg_prep.store import read_manifest
+        from rppg_prep.manifest import open_build
+        from rppg_prep.manifest import read_manifest
 
         if norm not in NORMALIZATIONS or layout not in LAYOUTS:
             raise ValueError(f"norm must be one of {NORMALIZATIONS} and layout one of {LAYOUTS}")

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from rppg_models import st2s
-from rppg_prep.build import open_build
+from rppg_prep.manifest import open_build
 from rppg_prep.stage import canonical_json, node_key
 from rppg_prep.stages.split import PRED_STAGE, STAGE as SPLIT_STAGE, PredParams, SplitParams, good_bad
-from rppg_prep.store import (NodeWriter, file_lock, manifest_path, node_exists, node_path, open_node, read_manifest,
-                             write_json_atomic)
+from rppg_prep.manifest import build_key, manifest_path, read_manifest, record_nodes
+from rppg_prep.store import NodeWriter, node_exists, node_path, open_node
 
 __all__ = ["Stage1Config", "Stage2Config", "train_stage1", "write_split", "stage2", "load_subject"]
 
@@ -104,9 +104,7 @@ def load_subject(sid: str, nodes: dict[str, Any], hr_label: str = "beats") -> Su
 
 
 def _build_key(man: dict[str, Any]) -> str:
-    nodes = {sid: [rec["nodes"]["st_map"]["key"], rec["nodes"]["labels"]["key"]]
-             for sid, rec in sorted(man["subjects"].items()) if rec["status"] == "ok"}
-    return hashlib.sha256(canonical_json(nodes).encode()).hexdigest()
+    return build_key(man, ("st_map", "labels"))
 
 
 def checkpoint_key(man: dict[str, Any], cfg: Stage1Config) -> str:
@@ -194,6 +192,7 @@ def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, c
 
     params = SplitParams(threshold_bpm=threshold_bpm, hr_label=hr_label)
     out: dict[str, dict[str, str]] = {}
+    derived: dict[str, dict[str, dict]] = {}
     for sid in json.loads((ckpt_path / "meta.json").read_text())["subjects"]:
         nodes, rec = build[sid], man["subjects"][sid]["nodes"]
         up = {"st_map": rec["st_map"]["key"], "labels": rec["labels"]["key"]}
@@ -219,19 +218,10 @@ def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, c
                 w.write("bad", bad, chunks=bad.shape or (1,), axes=("segment", "strip"))
                 w.write("abs_error_bpm", err, chunks=err.shape or (1,), unit="bpm", axes=("segment", "strip"))
         out[sid] = {"st2s_pred": pkey, "split": skey}
-    _record(cache, dataset, pipeline, out)
+        derived[sid] = {"st2s_pred": {"key": pkey, "inputs": up},
+                        "split": {"key": skey, "inputs": {"st2s_pred": pkey, "labels": up["labels"]}}}
+    record_nodes(cache, dataset, pipeline, derived)
     return out
-
-
-def _record(cache: str | Path, dataset: str, pipeline: str, keys: dict[str, dict[str, str]]) -> None:
-    path = manifest_path(cache, dataset, pipeline)
-    with file_lock(path):
-        man = json.loads(path.read_text())
-        for sid, stages in keys.items():
-            for stage, key in stages.items():
-                rel = node_path(cache, dataset, sid, stage, key).relative_to(Path(cache)).as_posix()
-                man["subjects"][sid]["nodes"][stage] = {"key": key, "path": rel}
-        write_json_atomic(path, man)
 
 
 def stage2(cache: str | Path, dataset: str, pipeline: str, split_keys: dict[str, dict[str, str]],

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rppg_prep.stage import canonical_json
+
 __all__ = ["Family", "FAMILIES", "TrainConfig", "fit", "fit_cnn3d", "fit_cnn3d_synthetic", "cnn3d_clip_hr",
            "pick_device", "amp_dtype", "seed_everything"]
 
@@ -307,15 +309,47 @@ def fit_cnn3d_synthetic(*, steps: int = 100, batch: int = 32, lr: float = 1e-3, 
     return model.eval(), losses
 
 
+#: TrainConfig fields that change how fast training runs, never what it learns: in no checkpoint key
+EXECUTION_SETTINGS = ("workers",)
+
+
+def checkpoint_key(family: str, cfg: dict[str, Any], man: dict[str, Any], subjects: list[str]) -> str:
+    """Key of a checkpoint: sha256 hex of the family, the config and the build's clip and label nodes.
+
+    Parameters
+    ----------
+    family : str
+    cfg : dict
+        Training settings; the execution settings (:data:`EXECUTION_SETTINGS`) are left out.
+    man : dict
+        The build manifest (:func:`rppg_prep.manifest.read_manifest`).
+    subjects : list of str
+        The subjects trained on.
+
+    Returns
+    -------
+    str
+        The same for a no-op rebuild of the build and for another number of DataLoader workers
+        (as Hugging Face datasets leaves ``num_proc`` out of its fingerprints); different when a
+        clip or label node, a subject, the family or a setting that changes the result changes.
+    """
+    from rppg_prep.manifest import build_key
+
+    settings = {k: v for k, v in cfg.items() if k not in EXECUTION_SETTINGS}
+    payload = {"family": family, "config": settings, "build": build_key(man, ("clips", "labels"), subjects)}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
 def _checkpoint(model: torch.nn.Module, family: str, cfg: dict, cache, dataset: str, pipeline: str,
                 subjects: list[str], out) -> Path:
-    """Save ``<out>/<family>-<key12>.pt``: state dict, family, config, build manifest key, subjects."""
-    from rppg_prep.store import manifest_path
+    """Save ``<out>/<family>-<key12>.pt``: state dict, family, config, build (manifest path, node digest), subjects."""
+    from rppg_prep.manifest import build_key, manifest_path, read_manifest
 
-    man = manifest_path(cache, dataset, pipeline)
-    build_key = hashlib.sha256(man.read_bytes()).hexdigest()
-    meta = {"family": family, "config": cfg, "build": {"manifest": str(man), "key": build_key}, "subjects": subjects}
-    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    man = read_manifest(cache, dataset, pipeline)
+    key = checkpoint_key(family, cfg, man, subjects)
+    meta = {"family": family, "config": cfg, "key": key, "subjects": subjects,
+            "build": {"manifest": str(manifest_path(cache, dataset, pipeline)),
+                      "key": build_key(man, ("clips", "labels"), subjects)}}
     path = Path(out) / f"{family}-{key[:12]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), **meta}, path)
@@ -345,7 +379,7 @@ def fit_cnn3d(cache: str | Path, dataset: str = "synthetic", pipeline: str = "sy
         If the build's clips are not 60 frames of 25x25 (build it with ``pipelines/synthetic.yaml``).
     """
     from rppg_models import cnn3d, synthetic
-    from rppg_prep.build import open_build
+    from rppg_prep.manifest import open_build
 
     build = open_build(cache, dataset, pipeline)
     xs, ys = [], []

@@ -24,78 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from rppg_prep import __version__
 from rppg_prep.datasets import Subject, get_loader
-from rppg_prep.errors import ConfigError, FaceNotFoundError, VideoDecodeError
-from rppg_prep.stage import Stage, canonical_json, node_key, params_from_dict
+from rppg_prep.errors import FaceNotFoundError, VideoDecodeError
+from rppg_prep.pipeline import ORDER, STAGES, Pipeline, load_pipeline
+from rppg_prep.stage import canonical_json, node_key
 from rppg_prep.stages import clips, decode, face, labels, landmarks, st_map
-from rppg_prep.store import (NodeWriter, fingerprint, node_exists, node_path, open_node)
+from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node
 
-__all__ = ["Pipeline", "load_pipeline", "plan_subject", "video_pass", "RUNNERS", "open_build", "SubjectResult",
-           "NodePlan", "STAGES", "ORDER", "environment_threads"]
+__all__ = ["plan_subject", "video_pass", "RUNNERS", "SubjectResult", "NodePlan", "environment_threads",
+           "Pipeline", "load_pipeline", "STAGES", "ORDER"]
 
 log = logging.getLogger(__name__)
 
-STAGES: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (decode, landmarks, face, clips, st_map, labels)}
-ORDER = ("decode", "landmarks", "face", "clips", "st_map", "labels")
-PIPELINE_DIRS = (Path.cwd() / "pipelines", Path(__file__).resolve().parents[1] / "pipelines")
+# execution settings: they bound memory and overlap, never the values written (so they are in no key)
 BATCH_FRAMES = 8  # frames in flight stay few: peak RSS 364 vs 421 MiB at 16, same speed
-FRAME_CHUNK = 32
 CROP_IN_FLIGHT = 4  # batches handed to the crop thread and not yet cropped: slack against stalls
-MIN_VALID_FRACTION = 0.5
 
 ProgressFn = Callable[[str, str, int, int], None]
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """A resolved pipeline config: which dataset, and each stage's params."""
-
-    name: str
-    dataset: str
-    params: dict[str, Any]
-
-    def config(self) -> dict[str, Any]:
-        """Plain-JSON view of every stage's params."""
-        return {s: json.loads(canonical_json(self.params[s])) for s in ORDER}
-
-
-def load_pipeline(spec: str | Path | None = None, *, dataset: str = "ubfc") -> Pipeline:
-    """Resolve a pipeline from a YAML file, a name under ``pipelines/``, or the defaults.
-
-    The YAML holds ``name``, ``dataset`` and ``stages: {stage: {param: value}}``; parameters left
-    out take the stage's defaults.
-
-    Raises
-    ------
-    ConfigError
-        Unknown pipeline name, unreadable YAML, unknown stage or parameter, or a bad value.
-    """
-    raw: dict[str, Any] = {"name": dataset, "dataset": dataset, "stages": {}}
-    if spec is not None:
-        path = Path(spec)
-        if not path.suffix:
-            found = [d / f"{spec}.yaml" for d in PIPELINE_DIRS if (d / f"{spec}.yaml").exists()]
-            if not found:
-                raise ConfigError(f"no pipeline named {spec!r} in {', '.join(map(str, PIPELINE_DIRS))}")
-            path = found[0]
-        try:
-            raw.update(yaml.safe_load(path.read_text()) or {})
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read pipeline config: {exc}", path=path) from None
-    stages_cfg = raw.get("stages") or {}
-    unknown = sorted(set(stages_cfg) - set(ORDER))
-    if unknown:
-        raise ConfigError(f"unknown stage(s) {unknown} in pipeline {raw['name']!r}; stages: {list(ORDER)}")
-    params = {}
-    for name in ORDER:
-        try:
-            params[name] = params_from_dict(STAGES[name].params, stages_cfg.get(name))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"stage {name}: {exc}") from None
-    return Pipeline(name=str(raw["name"]), dataset=str(raw["dataset"]), params=params)
 
 
 @dataclass
@@ -231,13 +178,13 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
             s = fp.size_px
             fc_w = NodeWriter(plan["face"].path, _attrs(pipe, subject, plan["face"], plan), replace=plan["face"].force)
             writers.append(fc_w)
-            fc_w.create("frames", shape=(0, s, s, 3), dtype="uint8", chunks=(FRAME_CHUNK, s, s, 3),
+            fc_w.create("frames", shape=(0, s, s, 3), dtype="uint8", chunks=(fp.chunk_frames, s, s, 3),
                         axes=("frame", "y", "x", "channel"), doc="stabilised RGB face crops")
             fc_w.create("box", shape=(0, 4), dtype="float32", chunks=(4096, 4), unit="px",
                         axes=("frame", "xywh"), doc="crop square in the source frame: x0, y0, side, side")
             fc_w.create("valid", shape=(0,), dtype="bool", chunks=(4096,), axes=("frame",),
                         doc="face tracked (gaps <= max_gap_s bridged)")
-            apps = {k: _Appender(fc_w, k, FRAME_CHUNK if k == "frames" else 4096) for k in ("frames", "box", "valid")}
+            apps = {k: _Appender(fc_w, k, fp.chunk_frames if k == "frames" else 4096) for k in ("frames", "box", "valid")}
             tracker = face.FaceTracker(fp, info.fps, (info.height, info.width))
             valid_parts: list[np.ndarray] = []
 
@@ -306,11 +253,12 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
         if need["face"]:
             emit(tracker.flush())
             valid = np.concatenate(valid_parts)
-            if valid.mean() < MIN_VALID_FRACTION:
+            if valid.mean() < fp.min_valid_fraction:
                 raise FaceNotFoundError(
                     f"a face was tracked in only {100 * valid.mean():.0f}% of {n} frames "
-                    f"(at least {100 * MIN_VALID_FRACTION:.0f}% needed)", subject=subject.id, path=subject.video)
-            gaps = [g for g in _gaps(valid, t_s) if g[1] >= 1.0]
+                    f"(at least {100 * fp.min_valid_fraction:.0f}% needed, face.min_valid_fraction)",
+                    subject=subject.id, path=subject.video)
+            gaps = [g for g in _gaps(valid, t_s) if g[1] >= fp.gap_report_s]
             for start, length in gaps[:5]:
                 res.notes.append(f"no face for {length:.1f} s from {start:.1f} s in {subject.video.name}: "
                                  "those frames are marked invalid")
@@ -397,30 +345,6 @@ RUNNERS = {"clips": _clips_stage, "st_map": _st_map_stage, "labels": _labels_sta
 
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
-def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict[str, Any]]:
-    """Open a finished build: subject -> stage -> zarr group of that node (read-only).
-
-    Only subjects whose build succeeded are returned, in natural order (``subject3`` before
-    ``subject10``), as the build ran them.
-
-    Raises
-    ------
-    StoreError
-        If the build or one of its nodes is missing.
-    """
-    from rppg_prep.datasets import natural_key
-    from rppg_prep.store import read_manifest
-
-    man = read_manifest(cache, dataset, pipeline)
-    out = {}
-    for sid in sorted(man["subjects"], key=natural_key):
-        rec = man["subjects"][sid]
-        if rec["status"] != "ok":
-            continue
-        out[sid] = {stage: open_node(Path(cache) / node["path"]) for stage, node in rec["nodes"].items()}
-    return out
 
 
 def environment_threads() -> None:

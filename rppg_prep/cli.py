@@ -59,12 +59,11 @@ def _pipeline_options(fn):
 
 
 def _resolve(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], console):
-    from rppg_prep.build import load_pipeline
     from rppg_prep.datasets import get_loader
     from rppg_prep.errors import RppgPrepError
 
     try:
-        pipe = _load_pipeline(pipeline, load_pipeline)
+        pipe = _load_pipeline(pipeline)
         loader = get_loader(pipe.dataset)
         if root is None:
             root = _default_root(pipe.dataset, cache, console)
@@ -140,7 +139,7 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
         except RppgPrepError as exc:
             raise click.ClickException(str(exc)) from None
     _summary(console, results, time.perf_counter() - t0)
-    from rppg_prep.store import manifest_path
+    from rppg_prep.manifest import manifest_path
 
     console.print(f"manifest: {manifest_path(cache, pipe.dataset, pipe.name)}")
     if any(r.status != "ok" for r in results):
@@ -353,13 +352,12 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
     """
     from rich.table import Table
 
-    from rppg_prep.build import load_pipeline
     from rppg_prep.errors import RppgPrepError
     from rppg_prep.inspect import inspect_png, summarize_build
 
     console = _console()
     try:
-        pipe = _load_pipeline(pipeline, load_pipeline)
+        pipe = _load_pipeline(pipeline)
         rows = summarize_build(cache, pipe.dataset, pipe.name, subject)
     except RppgPrepError as exc:
         raise click.ClickException(str(exc)) from None
@@ -467,10 +465,9 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
     lr = lr or (1e-3 if model == "cnn3d" else 1e-4)
     if model == "cnn3d":
         from rppg_models.train import fit_cnn3d
-        from rppg_prep.build import load_pipeline
         from rppg_prep.errors import RppgPrepError
 
-        pipe = _load_pipeline(pipeline, load_pipeline)
+        pipe = _load_pipeline(pipeline)
         try:
             res = fit_cnn3d(cache, pipe.dataset, pipe.name, steps=steps, batch=batch, lr=lr, device=device,
                             out=out or Path(cache) / "models")
@@ -483,9 +480,8 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
 
     if model in ("stgnet", "meta-rppg", "ienet"):
         from rppg_models.train import TrainConfig, fit
-        from rppg_prep.build import load_pipeline
 
-        pipe = _load_pipeline(pipeline, load_pipeline)
+        pipe = _load_pipeline(pipeline)
         try:
             res = fit(model, cache, pipe.dataset, pipe.name,
                       TrainConfig(steps=steps, batch=batch, lr=lr, frames=frames, size_px=size_px, amp=amp, norm=norm),
@@ -498,15 +494,14 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
         return
 
     from rppg_models import st2s_pipeline as P
-    from rppg_prep.build import load_pipeline
     from rppg_prep.errors import RppgPrepError
 
     console = _console()
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     try:
-        pipe = _load_pipeline(pipeline, load_pipeline)
+        pipe = _load_pipeline(pipeline)
         with console.status("loading ST images"):
-            from rppg_prep.build import open_build
+            from rppg_prep.manifest import open_build
 
             data = {sid: P.load_subject(sid, n, hr_label)
                     for sid, n in open_build(cache, pipe.dataset, pipe.name).items()}
@@ -545,8 +540,8 @@ def datasets_command(name: str | None) -> None:
     """
     from rich.table import Table
 
-    from rppg_prep.build import PIPELINE_DIRS
     from rppg_prep.datasets import LOADERS, get_loader
+    from rppg_prep.pipeline import pipeline_names
 
     console = _console()
     names = sorted(LOADERS)
@@ -554,13 +549,14 @@ def datasets_command(name: str | None) -> None:
         if name not in LOADERS:
             raise click.UsageError(f"unknown dataset {name!r}; known: {', '.join(names)}")
         names = [name]
+    shipped = set(pipeline_names())
     table = Table(title="dataset loaders", show_lines=True)
     table.add_column("name", no_wrap=True)
     table.add_column("pipeline")
     table.add_column("expected layout under --root")
     for n in names:
         loader = get_loader(n)
-        config = next((f"pipelines/{n}.yaml" for d in PIPELINE_DIRS if (d / f"{n}.yaml").exists()), "defaults")
+        config = f"pipelines/{n}.yaml" if n in shipped else "defaults"
         table.add_row(n, config, loader.LAYOUT)
     console.print(table)
 
@@ -579,16 +575,21 @@ def gc_command(cache: Path, dry_run: bool) -> None:
     click.echo(f"{len(removed)} node(s), {freed} bytes ({freed / 1e6:.1f} MB) {'would be ' if dry_run else ''}freed")
 
 
-def _load_pipeline(name: str, load_pipeline):
-    from rppg_prep.datasets import LOADERS
+class ConfigUsageError(click.ClickException):
+    """A pipeline config that does not validate: exit status 2, as for any bad usage."""
+
+    exit_code = 2
+
+
+def _load_pipeline(name: str):
+    """The pipeline NAME (a YAML path, a shipped config or a dataset's defaults); exit 2 when it is invalid."""
     from rppg_prep.errors import ConfigError
+    from rppg_prep.pipeline import load_pipeline
 
     try:
         return load_pipeline(name)
-    except ConfigError:
-        if name in LOADERS and not Path(name).suffix:
-            return load_pipeline(None, dataset=name)
-        raise
+    except ConfigError as exc:
+        raise ConfigUsageError(str(exc)) from None
 
 
 def _default_root(dataset: str, cache: Path, console) -> Path:

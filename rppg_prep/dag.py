@@ -39,15 +39,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rppg_prep import __version__
-from rppg_prep.build import (ORDER, RUNNERS, NodePlan, Pipeline, SubjectResult, dir_bytes, plan_subject,
-                             video_pass)
+from rppg_prep.build import RUNNERS, NodePlan, SubjectResult, dir_bytes, plan_subject, video_pass
 from rppg_prep.datasets import Subject
+from rppg_prep.pipeline import ORDER, Pipeline
 from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
-from rppg_prep.store import (file_lock, manifest_path, node_bytes, node_exists, node_lock, open_node,
-                             write_json_atomic)
+from rppg_prep.manifest import read_manifest, record_build
+from rppg_prep.store import node_bytes, node_exists, node_lock, open_node
 
-__all__ = ["run_build", "subject_status", "gc", "write_manifest", "VIDEO_STAGES", "TASK_STAGES"]
+__all__ = ["run_build", "subject_status", "gc", "VIDEO_STAGES", "TASK_STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +338,7 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
     def done(sid: str) -> None:
         res = _finalize(results[sid], plan_of.get(sid))
         if root is not None:
-            write_manifest(cache, pipe, root, [res])
+            record_build(cache, pipe, root, [res])
         if on_result:
             on_result(res)
 
@@ -363,34 +362,6 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
             owners = {k: next(s.id for s, _ in plans if k.endswith("-" + s.id)) for k in keys}
             _run_distributed(dsk, keys, scheduler, workers, on_outcome, owners)
     return [results[s.id] for s in subjects]
-
-
-def write_manifest(cache: str | Path, pipe: Pipeline, root: str | Path, results: list[SubjectResult]) -> Path:
-    """Merge subjects' results into the build manifest (under a lock; atomic replace).
-
-    Subjects of an earlier build of the same pipeline and root that were not rebuilt are kept.
-    """
-    path = manifest_path(cache, pipe.dataset, pipe.name)
-    root = str(Path(root).resolve())
-    with file_lock(path):
-        subjects: dict[str, Any] = {}
-        try:
-            old = json.loads(path.read_text())
-            if old.get("root") == root and old.get("config") == pipe.config():
-                subjects.update(old.get("subjects", {}))
-        except (FileNotFoundError, ValueError):
-            pass
-        for r in results:
-            subjects[r.subject] = {
-                "status": r.status, "failed_stage": r.failed_stage, "error": r.error, "traceback": r.traceback,
-                "input_file": r.input_file, "frames": r.frames, "seconds": round(r.seconds, 3),
-                "bytes": r.bytes, "notes": r.notes, "nodes": r.nodes, "ran": r.ran,
-            }
-        write_json_atomic(path, {
-            "pipeline": pipe.name, "dataset": pipe.dataset, "root": root, "rppg_prep": __version__,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": pipe.config(), "subjects": subjects,
-        })
-    return path
 
 
 # --------------------------------------------------------------------------- status and gc
@@ -417,8 +388,6 @@ def subject_status(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[
     StoreError
         Never for a missing build: stages are then ``missing``.
     """
-    from rppg_prep.store import read_manifest
-
     try:
         rec = read_manifest(cache, pipe.dataset, pipe.name).get("subjects", {}).get(subject.id, {})
     except RppgPrepError:

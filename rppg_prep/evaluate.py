@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rppg_prep import evaluation
-from rppg_prep.build import open_build
+from rppg_prep.manifest import open_build
 from rppg_prep.methods import get_method
 from rppg_prep.roi import rgb_trace
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from rppg_prep.datasets import natural_key
 from rppg_prep.errors import StoreError
-from rppg_prep.store import manifest_path, node_exists, open_node, read_manifest
+from rppg_prep.manifest import manifest_path, read_manifest
+from rppg_prep.store import node_exists, open_node
 
 __all__ = ["summarize_build", "inspect_png", "array_disk_bytes", "landmarks_in_crop"]
 

@@ -1,4 +1,4 @@
-"""Zarr v3 node store: atomic node commits, manifests and input fingerprints.
+"""Zarr v3 node store: atomic node commits, locks and input fingerprints (manifests: :mod:`rppg_prep.manifest`).
 
 Layout (under the cache root)::
 
@@ -39,8 +39,6 @@ __all__ = [
     "node_bytes",
     "fingerprint",
     "write_json_atomic",
-    "read_manifest",
-    "manifest_path",
     "dataset_store",
     "node_lock",
     "file_lock",
@@ -216,27 +214,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
     os.replace(tmp, path)
-
-
-def manifest_path(cache: str | Path, dataset: str, pipeline: str) -> Path:
-    """Path of the build manifest of ``pipeline`` over ``dataset``."""
-    return Path(cache) / f"{dataset}.builds" / f"{pipeline}.json"
-
-
-def read_manifest(cache: str | Path, dataset: str, pipeline: str) -> dict[str, Any]:
-    """Read a build manifest.
-
-    Raises
-    ------
-    StoreError
-        If the build does not exist.
-    """
-    path = manifest_path(cache, dataset, pipeline)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StoreError(f"no build of pipeline {pipeline!r} for dataset {dataset!r}; run `rppg-prep build` first",
-                         path=path) from None
 
 
 def fingerprint(path: str | Path, cache: str | Path) -> str:

@@ -84,6 +84,25 @@ def array_hashes(cache: Path, pipeline: str = "ubfc", dataset: str = "ubfc") -> 
     return out
 
 
+def blank_face(src: Path, dst: Path, start: int, stop: int) -> None:
+    """Rewrite the video ``src`` to ``dst`` (MJPG, same fps) with frames [start, stop) flat grey: no face."""
+    import cv2
+    import numpy as np
+
+    cap = cv2.VideoCapture(str(src))
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    out = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"MJPG"), cap.get(cv2.CAP_PROP_FPS), (w, h))
+    i = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.write(np.full_like(frame, 90) if start <= i < stop else frame)
+        i += 1
+    cap.release()
+    out.release()
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run with ``n`` torch intra-op threads, restoring the previous count afterwards.

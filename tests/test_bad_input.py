@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import rppg_prep
+from conftest import blank_face
 from rppg_prep.cli import main
 from rppg_prep.sample import write_ubfc_sample
 from rppg_prep.store import node_exists
@@ -31,22 +32,6 @@ def _copy(template, root, name):
     dst = root / name
     shutil.copytree(template, dst)
     return dst
-
-
-def _blank_face(src, dst, start, stop):
-    """Rewrite the video with frames [start, stop) replaced by a flat grey frame (no face)."""
-    cap = cv2.VideoCapture(str(src))
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    out = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (w, h))
-    i = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        out.write(np.full_like(frame, 90) if start <= i < stop else frame)
-        i += 1
-    cap.release()
-    out.release()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +65,7 @@ def broken_build(template, tmp_path_factory):
     (d / "ground_truth.txt").write_text("\n".join(lines))
 
     d = _copy(template, root, "subject8")  # the face is gone for 3 s (frames 60-150)
-    _blank_face(template / "vid.avi", d / "vid.avi", 60, 150)
+    blank_face(template / "vid.avi", d / "vid.avi", 60, 150)
 
     res = CliRunner().invoke(main, ["build", "ubfc", "--root", str(root), "--cache", str(cache)])
     man = json.loads((cache / "ubfc.builds" / "ubfc.json").read_text())

@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import REPO_ROOT, array_hashes
-from rppg_prep.build import load_pipeline
+from rppg_prep.pipeline import load_pipeline
 from rppg_prep.cli import main
 from rppg_prep.dag import run_build, subject_status
 from rppg_prep.datasets import ubfc

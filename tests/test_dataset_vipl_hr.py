@@ -175,7 +175,8 @@ def test_import_is_light():
 
 def test_time_txt_is_part_of_the_decode_key(mini, tmp_path):
     """time.txt is the frame clock: editing it must re-key decode (and all that follows), not only labels."""
-    from rppg_prep.build import load_pipeline, plan_subject
+    from rppg_prep.build import plan_subject
+    from rppg_prep.pipeline import load_pipeline
 
     s, dst = _copy(mini, tmp_path)
     pipe = load_pipeline("vipl-hr")

@@ -10,16 +10,22 @@ from click.testing import CliRunner
 from conftest import torch_threads
 from rppg_models import st2s_pipeline as P
 
-from rppg_prep.build import open_build
+from rppg_prep.manifest import open_build
 from rppg_prep.cli import main
 from rppg_prep.sample import write_ubfc_sample
 from rppg_prep.store import open_node
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root, cache = tmp_path_factory.mktemp("st2s_root"), tmp_path_factory.mktemp("st2s_cache")
-    write_ubfc_sample(root, n_subjects=3, duration_s=20.5, seed=9)
+def root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("st2s_root")
+    write_ubfc_sample(out, n_subjects=3, duration_s=20.5, seed=9)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(root, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("st2s_cache")
     assert CliRunner().invoke(main, ["build", "ubfc", "--root", str(root), "--cache", str(cache)]).exit_code == 0
     with torch_threads(1):
         data = {sid: P.load_subject(sid, n) for sid, n in open_build(cache, "ubfc", "ubfc").items()}
@@ -87,3 +93,29 @@ def test_split_rule_just_below_at_and_above_the_threshold():
     np.testing.assert_allclose(err[0], [4.99, 5.0, 5.01, 5.01], atol=1e-4)
     with pytest.raises(ValueError):
         SplitParams(threshold_bpm=0.0)
+
+
+def test_a_rebuild_keeps_the_st2s_nodes_and_gc_keeps_their_files(built, root):
+    """The manifest is owned by one module: a later build of the pipeline must not forget derived nodes."""
+    cache, data = built
+    key, path = P.train_stage1(cache, "ubfc", "ubfc", P.Stage1Config(epochs=1), data=data)
+    keys = P.write_split(cache, "ubfc", "ubfc", key, path, 5.0, data=data)
+    before = _manifest(cache)
+    for args in (["build", "ubfc"], ["build", "ubfc", "--force", "labels"], ["gc"]):
+        res = CliRunner().invoke(main, [*args, "--cache", str(cache)] + (["--root", str(root)] if args[0] == "build" else []))
+        assert res.exit_code == 0, res.output
+        after = _manifest(cache)
+        for sid, k in keys.items():
+            assert after[sid]["nodes"]["st2s_pred"] == before[sid]["nodes"]["st2s_pred"]
+            assert after[sid]["nodes"]["split"]["key"] == k["split"]
+            assert (cache / after[sid]["nodes"]["split"]["path"]).is_dir()
+    # once an input of the derived nodes changes they are no longer the build's: dropped, then collected
+    sid = next(iter(keys))
+    man_path = cache / "ubfc.builds" / "ubfc.json"
+    man = json.loads(man_path.read_text())
+    man["subjects"][sid]["nodes"]["st2s_pred"]["inputs"]["labels"] = "0" * 64
+    man_path.write_text(json.dumps(man))
+    assert CliRunner().invoke(main, ["build", "ubfc", "--root", str(root), "--cache", str(cache)]).exit_code == 0
+    after = _manifest(cache)
+    assert "st2s_pred" not in after[sid]["nodes"] and "split" not in after[sid]["nodes"]
+    assert all("split" in after[s]["nodes"] for s in keys if s != sid)

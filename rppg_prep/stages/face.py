@@ -46,6 +46,13 @@ class FaceParams:
         Gaussian time constant of the box-side smoothing, seconds (longer: zoom flicker hurts rPPG).
     max_gap_s : float
         Longest landmark gap, seconds, bridged as valid.
+    min_valid_fraction : float
+        The subject fails (FaceNotFoundError) when fewer of its frames are valid.
+    gap_report_s : float
+        Runs of invalid frames at least this long, seconds, are listed in the node's ``gaps_s``
+        attribute and in the build notes.
+    chunk_frames : int
+        Frames per chunk of the stored crops (the read unit of a clip or an ST segment).
     """
 
     size_px: int = 128
@@ -54,6 +61,9 @@ class FaceParams:
     center_sigma_s: float = 0.1
     size_sigma_s: float = 0.3
     max_gap_s: float = 0.5
+    min_valid_fraction: float = 0.5
+    gap_report_s: float = 1.0
+    chunk_frames: int = 32
 
     def __post_init__(self) -> None:
         if not 8 <= self.size_px <= 1024:
@@ -64,6 +74,12 @@ class FaceParams:
             v = getattr(self, name)
             if not 0.0 < v <= 10.0:
                 raise ConfigError(f"face.{name} must lie in (0, 10] s, got {v}")
+        if not 0.0 <= self.min_valid_fraction <= 1.0:
+            raise ConfigError(f"face.min_valid_fraction must lie in [0, 1], got {self.min_valid_fraction}")
+        if not 0.0 < self.gap_report_s <= 600.0:
+            raise ConfigError(f"face.gap_report_s must lie in (0, 600] s, got {self.gap_report_s}")
+        if not 1 <= self.chunk_frames <= 4096:
+            raise ConfigError(f"face.chunk_frames must lie in [1, 4096], got {self.chunk_frames}")
 
 
 STAGE = Stage(

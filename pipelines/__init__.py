@@ -1,0 +1,1 @@
+"""Pipeline configs shipped with rppg-prep, installed as the package ``rppg_prep.pipelines``."""
