@@ -44,7 +44,7 @@ from rppg_models.evaluate import evaluate_checkpoint, hr_on_clock
 from rppg_models.train import FAMILIES, TrainConfig, fit, fit_cnn3d, pick_device
 from rppg_prep.manifest import open_build
 from rppg_prep.errors import StoreError
-from rppg_prep.evaluation import metrics
+from rppg_prep.protocols import metrics
 
 ALL_FAMILIES = [*sorted(FAMILIES), "cnn3d"]
 
@@ -74,7 +74,7 @@ def constant_baseline(build: dict, train: list[str], clips: list[dict], hr_label
 
 def pos_baseline(build: dict, clips: list[dict]) -> dict:
     """POS (Wang 2017) on the face-skin ROI of each clip: HR as the models' (Welch on the frame clock), BVP r."""
-    from rppg_prep.evaluate import skin_rgb
+    from rppg_prep.scoring import skin_rgb
     from rppg_prep.methods import get_method
 
     pos = get_method("pos")

@@ -4,13 +4,13 @@ Protocol (one HR per clip): the model predicts the whole stored clip in windows 
 (``Family.frames``: Meta-rPPG 60, IENet 128, STGNet 160 frames, or the ``frames`` it was trained
 with), placed every ``frames`` frames with the last one ending at the clip's end; each window's
 prediction is z-scored and overlaps are averaged. The predicted HR is the Welch peak
-(:func:`rppg_prep.evaluation.hr_from_bvp`, ``protocol="welch"``, 0.1-bpm grid, parabolic
+(:func:`rppg_prep.protocols.hr_from_bvp`, ``protocol="welch"``, 0.1-bpm grid, parabolic
 refinement, 42-210 bpm) of that BVP resampled onto an even grid over the clip's frame clock
 (``labels/t_s``). The reference HR of the clip (``hr_label``) is the labels node's beat-based HR
 (default), or the Welch peak of the label BVP computed exactly as the prediction's. SNR is the
-rPPG-Toolbox SNR of the prediction at the reference HR (:func:`rppg_prep.evaluation.snr_toolbox`),
+rPPG-Toolbox SNR of the prediction at the reference HR (:func:`rppg_prep.protocols.snr_toolbox`),
 and ``bvp_r`` the Pearson r between the predicted and the label BVP of the clip. Metrics and their
-standard errors are :func:`rppg_prep.evaluation.metrics` (rPPG-Toolbox definitions).
+standard errors are :func:`rppg_prep.protocols.metrics` (rPPG-Toolbox definitions).
 
 Bousefsaf's 3D-CNN predicts no BVP: its HR per clip is the reduced HR map of
 :func:`rppg_models.train.cnn3d_clip_hr`, compared with the same reference HR.
@@ -130,7 +130,7 @@ def hr_on_clock(bvp: np.ndarray, t_s: np.ndarray, band_hz=BAND_HZ) -> tuple[floa
     Returns
     -------
     hr_bpm : float
-        :func:`rppg_prep.evaluation.hr_from_bvp` (``protocol="welch"``) of the even signal.
+        :func:`rppg_prep.protocols.hr_from_bvp` (``protocol="welch"``) of the even signal.
     x_even : ndarray of float64, shape (M,)
         The signal on the even grid.
     fs_hz : float
@@ -141,8 +141,8 @@ def hr_on_clock(bvp: np.ndarray, t_s: np.ndarray, band_hz=BAND_HZ) -> tuple[floa
     ValueError
         ``t_s`` not strictly increasing or of another length than ``bvp``.
     """
-    from rppg_prep.evaluation import hr_from_bvp
-    from rppg_prep.signal import resample_even
+    from rppg_prep.protocols import hr_from_bvp
+    from rppg_prep.pulse import resample_even
 
     t = np.asarray(t_s, dtype=np.float64)
     fs = (t.size - 1) / (t[-1] - t[0])
@@ -179,7 +179,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
     Returns
     -------
     scores : list of ClipScore
-    summary : rppg_prep.evaluation.Metrics
+    summary : rppg_prep.protocols.Metrics
         Over the clips with a finite reference and prediction.
 
     Raises
@@ -190,7 +190,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
     from rppg_models.data import DEFAULT_HR_LABEL, ClipDataset
     from rppg_models.train import FAMILIES, cnn3d_clip_hr, pick_device
     from rppg_prep.manifest import open_build
-    from rppg_prep.evaluation import metrics, snr_toolbox
+    from rppg_prep.protocols import metrics, snr_toolbox
 
     hr_label = hr_label or DEFAULT_HR_LABEL
     dev = pick_device(device)

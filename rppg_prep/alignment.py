@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rppg_prep import signal
+from rppg_prep import pulse
 
 __all__ = ["LagCurve", "lag_correlation", "pixel_signal", "build_alignment"]
 
@@ -72,7 +72,7 @@ def lag_correlation(pixel, label, t_s, *, band_hz=BAND_HZ, window_s: float = 10.
         Frame clock in s, strictly increasing (``labels/t_s``); both signals are linearly
         resampled onto an even grid at the mean frame rate over it.
     band_hz : (float, float)
-        Band-pass applied to both, Hz (zero-phase Butterworth, :func:`rppg_prep.signal.bandpass`).
+        Band-pass applied to both, Hz (zero-phase Butterworth, :func:`rppg_prep.pulse.bandpass`).
     window_s, stride_s : float
         Correlation windows and their step, s.
     max_lag_s : float
@@ -96,9 +96,9 @@ def lag_correlation(pixel, label, t_s, *, band_hz=BAND_HZ, window_s: float = 10.
     if not (t.shape == px.shape == lab.shape) or t.ndim != 1:
         raise ValueError(f"pixel, label and t_s must be 1-D and equally long, got {px.shape}, {lab.shape}, {t.shape}")
     fs = (t.size - 1) / (t[-1] - t[0])
-    _, pg = signal.resample_even(t, px, fs)
-    _, lg = signal.resample_even(t, lab, fs)
-    pg, lg = signal.bandpass(pg, fs, band_hz), signal.bandpass(lg, fs, band_hz)
+    _, pg = pulse.resample_even(t, px, fs)
+    _, lg = pulse.resample_even(t, lab, fs)
+    pg, lg = pulse.bandpass(pg, fs, band_hz), pulse.bandpass(lg, fs, band_hz)
     kmax = int(round(max_lag_s * fs))
     wlen, step = int(round(window_s * fs)), max(1, int(round(stride_s * fs)))
     starts = np.arange(kmax, pg.size - kmax - wlen + 1, step)
@@ -131,7 +131,7 @@ def pixel_signal(nodes: dict[str, Any], method: str = "pos") -> tuple[np.ndarray
     fs_hz : float
         The rate the method assumed (the face node's fps).
     """
-    from rppg_prep.evaluate import skin_rgb
+    from rppg_prep.scoring import skin_rgb
     from rppg_prep.methods import get_method
 
     fs = float(nodes["face"].attrs["fps"])

@@ -222,8 +222,8 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
 
     from rppg_prep.build import environment_threads
     from rppg_prep.dag import run_build
-    from rppg_prep.evaluate import evaluate_build
-    from rppg_prep.evaluation import metrics
+    from rppg_prep.scoring import evaluate_build
+    from rppg_prep.protocols import metrics
 
     console = _console()
     environment_threads()
@@ -353,7 +353,7 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
     from rich.table import Table
 
     from rppg_prep.errors import RppgPrepError
-    from rppg_prep.inspect import inspect_png, summarize_build
+    from rppg_prep.report import inspect_png, summarize_build
 
     console = _console()
     try:
@@ -378,7 +378,7 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
     sids = list(dict.fromkeys(r["subject"] for r in rows))
     curves = {}
     if alignment:
-        from rppg_prep.inspect import subject_alignment
+        from rppg_prep.report import subject_alignment
 
         lag_table = Table(title="label vs pixels: window-mean r between POS and the label shifted by a lag")
         for col in ("subject", "r at 0 s", "r at -0.5 s", "r at +0.5 s", "best lag (s)", "r at best", "windows"):

@@ -1,4 +1,4 @@
-"""`rppg_prep.inspect` (store summary, PNGs of a subject) and `rppg_prep.plots` (the figures)."""
+"""`rppg_prep.report` (store summary, PNGs of a subject) and `rppg_prep.plots` (the figures)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rppg_prep import plots
 from rppg_prep.build import ORDER
 from rppg_prep.cli import main
 from rppg_prep.errors import StoreError
-from rppg_prep.inspect import inspect_png, landmarks_in_crop, summarize_build
+from rppg_prep.report import inspect_png, landmarks_in_crop, summarize_build
 from rppg_prep.sample import write_ubfc_sample
 
 DURATION_S, FPS = 12.0, 30.0

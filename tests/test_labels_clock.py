@@ -33,8 +33,8 @@ def test_lost_frames_do_not_bias_the_hr():
     assert np.all(np.abs(out["hr_bpm"] - HR_BPM) < 0.5), out["hr_bpm"]
     assert np.all(out["snr_db"] > 5.0)
     # treating the uneven frames as evenly spaced (the old way) biases the windows across the gap
-    from rppg_prep import signal
+    from rppg_prep import pulse
 
     fps = (t.size - 1) / (t[-1] - t[0])
-    naive = signal.hr_per_window(out["bvp"], fps, out["window"], LabelParams().band_hz)
+    naive = pulse.hr_per_window(out["bvp"], fps, out["window"], LabelParams().band_hz)
     assert np.nanmax(np.abs(naive - HR_BPM)) > 2.0

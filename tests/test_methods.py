@@ -12,7 +12,7 @@ import pytest
 from conftest import require_real_data
 from rppg_prep.methods import METHODS, get_method
 from rppg_prep.methods._common import min_frames
-from rppg_prep.signal import bandpass, hr_welch, sliding_windows
+from rppg_prep.pulse import bandpass, hr_welch, sliding_windows
 
 NAMES = ["green", "chrom", "pos", "ica", "lgi", "pbv"]
 #: relative pulsatile amplitude of R, G, B for skin (de Haan & van Leest 2014)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from rppg_prep.signal import bandpass
+from rppg_prep.pulse import bandpass
 
 #: pass band of every method's output, Hz (42-210 bpm)
 BAND_HZ = (0.7, 3.5)
@@ -60,7 +60,7 @@ def normalise(rgb: np.ndarray, fs_hz: float) -> np.ndarray:
 
 
 def bandpass_cols(x: np.ndarray, fs_hz: float) -> np.ndarray:
-    """Zero-phase :data:`BAND_HZ` band-pass (:func:`rppg_prep.signal.bandpass`) of each column."""
+    """Zero-phase :data:`BAND_HZ` band-pass (:func:`rppg_prep.pulse.bandpass`) of each column."""
     if x.ndim == 1:
         return bandpass(x, fs_hz, BAND_HZ)
     return np.stack([bandpass(col, fs_hz, BAND_HZ) for col in x.T], axis=1)

@@ -10,9 +10,9 @@ up to 0.5 s in UBFC-rPPG (``../shared/data/README.md``), and the container clock
 VIPL-HR, MAHNOB-HCI, MMSE-HR) is resampled onto the frame times by time, not by sample index (the
 rPPG-Toolbox resamples by index, which drifts when the logger's rate wanders).
 
-HR per window is the Welch-PSD peak within ``band_hz`` (:func:`rppg_prep.signal.hr_welch`), and SNR
+HR per window is the Welch-PSD peak within ``band_hz`` (:func:`rppg_prep.pulse.hr_welch`), and SNR
 follows de Haan & Jeanne, "Robust pulse rate from chrominance-based rPPG", IEEE TBME 60(10), 2013.
-Beside it, the beat-based HR: systolic peaks of the contact PPG (:func:`rppg_prep.signal.beat_times`,
+Beside it, the beat-based HR: systolic peaks of the contact PPG (:func:`rppg_prep.pulse.beat_times`,
 ``scipy.signal.find_peaks`` with physiological constraints), the inter-beat interval of every
 frame (``ibi_ms``) and the median instantaneous HR of each window (``hr_beats_bpm``), which follows
 an HR that moves within the window where a Welch peak may not. ``label_quality`` marks the windows
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rppg_prep import signal
+from rppg_prep import pulse
 from rppg_prep.datasets import Truth
 from rppg_prep.errors import ConfigError, GroundTruthError
 from rppg_prep.stage import ArraySpec, Stage
@@ -182,9 +182,9 @@ def _windows_on_uniform_grid(t_src: np.ndarray, ppg: np.ndarray, t_frames_s: np.
             continue
         grid = t_frames_s[a] + np.arange(int(round((t_frames_s[b - 1] - t_frames_s[a]) * fps)) + 1) / fps
         x = np.interp(grid, t_src, ppg)
-        hr[i] = signal.hr_welch(x, fps, band_hz)
+        hr[i] = pulse.hr_welch(x, fps, band_hz)
         if np.isfinite(hr[i]):
-            snr[i] = signal.snr_db(x, fps, hr[i], band_hz)
+            snr[i] = pulse.snr_db(x, fps, hr[i], band_hz)
     return hr, snr
 
 
@@ -231,7 +231,7 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
         t_src, x_src = t_frames_s, bvp
     else:
         idx = None
-        bvp = signal.resample_to_frames(truth.t_s, truth.ppg, t_frames_s)
+        bvp = pulse.resample_to_frames(truth.t_s, truth.ppg, t_frames_s)
         t_src, x_src = np.asarray(truth.t_s, dtype=np.float64), np.asarray(truth.ppg, dtype=np.float64)
     hr_dev = np.full(n, np.nan, dtype=np.float32)
     if truth.hr_bpm is not None:
@@ -240,7 +240,7 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
         if idx is not None:
             hr_dev = hr_src[idx].astype(np.float32)
         elif ok.sum() >= 2:
-            hr_dev = signal.resample_to_frames(t_src[ok], hr_src[ok], t_frames_s)
+            hr_dev = pulse.resample_to_frames(t_src[ok], hr_src[ok], t_frames_s)
             # a frame whose nearest device sample was a dropout stays masked
             nearest = np.clip(np.searchsorted(t_src, t_frames_s), 0, len(t_src) - 1)
             hr_dev[~ok[nearest]] = np.nan
@@ -280,30 +280,30 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     finite = np.isfinite(x_src)
     try:
         x_beats = x_src if finite.all() else np.interp(t_src, t_src[finite], x_src[finite])
-        beats = signal.beat_times(t_src, x_beats, max_hr_bpm=60.0 * params.band_hz[1])
+        beats = pulse.beat_times(t_src, x_beats, max_hr_bpm=60.0 * params.band_hz[1])
     except ValueError as exc:  # e.g. a clock with repeated times: Welch labels still stand
         beats = np.zeros(0)
         notes.append(f"no beat-based labels: {exc}")
-    ibi_ms = signal.ibi_per_frame(beats, t_frames_s, min_hr_bpm=60.0 * params.band_hz[0])
+    ibi_ms = pulse.ibi_per_frame(beats, t_frames_s, min_hr_bpm=60.0 * params.band_hz[0])
     out["t_s"] = t_frames_s
     out["beat_t_s"] = beats
     out["ibi_ms"] = ibi_ms.astype(np.float32)
     out["hr_inst_bpm"] = (60000.0 / ibi_ms).astype(np.float32)
-    sliding = signal.windows_by_time(t_frames_s, params.window_s, params.stride_s)
+    sliding = pulse.windows_by_time(t_frames_s, params.window_s, params.stride_s)
     for prefix, win, hr_name in (("", sliding, "hr_device_window_bpm"), ("clip_", clip_windows, "clip_hr_device_bpm"),
                                  ("st_", st_windows, "st_hr_device_bpm")):
         win = np.asarray(win, dtype=np.int64).reshape(-1, 2)
         if uniform_clock:
-            hr = signal.hr_per_window(bvp, fps, win, params.band_hz)
-            snr = signal.snr_per_window(bvp, fps, win, hr, params.band_hz)
+            hr = pulse.hr_per_window(bvp, fps, win, params.band_hz)
+            snr = pulse.snr_per_window(bvp, fps, win, hr, params.band_hz)
         else:
             hr, snr = _windows_on_uniform_grid(t_src, x_src, t_frames_s, win, fps, params.band_hz)
         hr[(bad_before[win[:, 1]] - bad_before[win[:, 0]]) > 0] = np.nan
         snr[~np.isfinite(hr)] = np.nan
         out[f"{prefix}hr_bpm"] = hr.astype(np.float32)
         out[f"{prefix}snr_db"] = snr.astype(np.float32)
-        out[hr_name] = signal.device_hr_per_window(hr_dev, win).astype(np.float32)
-        hr_beats, complete = signal.beats_hr_per_window(ibi_ms, win)
+        out[hr_name] = pulse.device_hr_per_window(hr_dev, win).astype(np.float32)
+        hr_beats, complete = pulse.beats_hr_per_window(ibi_ms, win)
         hr_beats[(bad_before[win[:, 1]] - bad_before[win[:, 0]]) > 0] = np.nan
         out[f"{prefix}hr_beats_bpm"] = hr_beats
         out[f"{prefix}label_quality"] = (complete & np.isfinite(hr) & np.isfinite(hr_beats)

@@ -3,7 +3,7 @@
 Per subject: the mean RGB of the forehead and cheek ROIs of every stabilised crop
 (:mod:`rppg_prep.roi`) goes through the method (:mod:`rppg_prep.methods`); its BVP and the contact
 PPG on the same frame clock (the ``labels`` node) go through the same HR estimator
-(:mod:`rppg_prep.evaluation`), so the reference HR is computed exactly like the prediction.
+(:mod:`rppg_prep.protocols`), so the reference HR is computed exactly like the prediction.
 
 Modes: ``toolbox`` (one HR per whole video: detrend lambda=100, 1st-order Butterworth band-pass,
 FFT peak with next-power-of-two length in 0.75-2.5 Hz, as rPPG-Toolbox's NeurIPS 2023 protocol)
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep import evaluation
+from rppg_prep import protocols
 from rppg_prep.manifest import open_build
 from rppg_prep.methods import get_method
 from rppg_prep.roi import rgb_trace
@@ -88,7 +88,7 @@ def skin_rgb(nodes: dict) -> np.ndarray:
 
 
 def evaluate_build(cache: str | Path, dataset: str, pipeline: str, method: str, *, mode: str = "toolbox",
-                   band_hz: tuple[float, float] = evaluation.BAND_NEURIPS, window_s: float = 10.0,
+                   band_hz: tuple[float, float] = protocols.BAND_NEURIPS, window_s: float = 10.0,
                    stride_s: float = 1.0, subjects: list[str] | None = None) -> list[SubjectScore]:
     """Run ``method`` on every subject of a build and pair its HR with the reference HR.
 
@@ -133,11 +133,11 @@ def evaluate_build(cache: str | Path, dataset: str, pipeline: str, method: str, 
         bvp_pred = fn(skin_rgb(nodes), fs)
         bvp_ref = nodes["labels"]["bvp"][:].astype(np.float64)
         if mode == "toolbox":
-            pred = np.array([evaluation.hr_from_bvp(bvp_pred, fs, band_hz=band_hz)])
-            ref = np.array([evaluation.hr_from_bvp(bvp_ref, fs, band_hz=band_hz)])
+            pred = np.array([protocols.hr_from_bvp(bvp_pred, fs, band_hz=band_hz)])
+            ref = np.array([protocols.hr_from_bvp(bvp_ref, fs, band_hz=band_hz)])
         else:
-            _, pred = evaluation.windowed_hr(bvp_pred, fs, window_s, stride_s, band_hz)
-            _, ref = evaluation.windowed_hr(bvp_ref, fs, window_s, stride_s, band_hz)
-        snr = evaluation.snr_toolbox(bvp_pred, fs, float(np.nanmedian(ref)), band_hz)
+            _, pred = protocols.windowed_hr(bvp_pred, fs, window_s, stride_s, band_hz)
+            _, ref = protocols.windowed_hr(bvp_ref, fs, window_s, stride_s, band_hz)
+        snr = protocols.snr_toolbox(bvp_pred, fs, float(np.nanmedian(ref)), band_hz)
         scores.append(SubjectScore(sid, pred, ref, snr, fs, bvp_pred, bvp_ref))
     return scores

@@ -32,7 +32,7 @@ from scipy import signal as sps
 from scipy import sparse
 from scipy.sparse.linalg import spsolve
 
-from .signal import _as_1d, _check_band, bandpass, hr_welch, windows_by_time
+from .pulse import _as_1d, _check_band, bandpass, hr_welch, windows_by_time
 
 __all__ = ["BAND_NEURIPS", "BAND_TOOLBOX_CURRENT", "detrend_tarvainen", "hr_fft_toolbox", "hr_from_bvp",
            "windowed_hr", "Metrics", "metrics", "snr_toolbox"]
@@ -153,7 +153,7 @@ def hr_from_bvp(bvp, fs_hz: float, *, protocol: str = "toolbox", diff_label: boo
     ``cumsum`` if ``diff_label`` -> :func:`detrend_tarvainen` (lambda = 100) -> Butterworth
     band-pass of order ``bp_order`` over ``band_hz``, forward-backward -> :func:`hr_fft_toolbox`
     over the same band. ``protocol="welch"``: ``cumsum`` if ``diff_label`` ->
-    :func:`rppg_prep.signal.hr_welch` over ``band_hz`` (this project's estimator: Welch, 0.1-bpm
+    :func:`rppg_prep.pulse.hr_welch` over ``band_hz`` (this project's estimator: Welch, 0.1-bpm
     grid, parabolic peak).
 
     Parameters
@@ -199,14 +199,14 @@ def windowed_hr(bvp, fs_hz: float, window_s: float = 10.0, stride_s: float = 1.0
     """Toolbox-protocol HR (:func:`hr_from_bvp`) of each sliding window, each processed on its own.
 
     ``bvp`` is float (T,) sampled at ``fs_hz``; windows of ``window_s`` every ``stride_s`` seconds
-    come from :func:`rppg_prep.signal.windows_by_time` on the clock ``i / fs_hz`` (complete windows
+    come from :func:`rppg_prep.pulse.windows_by_time` on the clock ``i / fs_hz`` (complete windows
     only); ``band_hz`` and ``diff_label`` (``cumsum`` per window, as the Toolbox) as in
     :func:`hr_from_bvp`. The Toolbox's ``USE_SMALLER_WINDOW`` mode is ``stride_s == window_s``
     (it also keeps a final partial window of >= 9 samples; this does not).
 
     Returns ``(windows, hr_bpm)``: int64 (N, 2) ``[start, stop)`` frames (``(0, 2)`` if the signal
     is shorter than ``window_s``) and float64 (N,) HR in bpm, NaN where :func:`hr_from_bvp` is.
-    Raises ValueError as :func:`hr_from_bvp` and :func:`rppg_prep.signal.windows_by_time`.
+    Raises ValueError as :func:`hr_from_bvp` and :func:`rppg_prep.pulse.windows_by_time`.
     """
     x = _as_1d(bvp, "bvp")
     _check_band(fs_hz, band_hz)
@@ -301,7 +301,7 @@ def snr_toolbox(bvp, fs_hz: float, hr_ref_bpm: float, band_hz=BAND_NEURIPS, *, d
     in the Toolbox); ``N`` = power summed over the rest of ``band_hz``.
     ``SNR = 20 log10(S / N)``: the Toolbox applies ``mag2db`` to a *power* ratio, so its dB are
     twice the usual ``10 log10``; kept for parity (halve to compare with
-    :func:`rppg_prep.signal.snr_db`). ``N == 0`` gives 0.0, as in the Toolbox.
+    :func:`rppg_prep.pulse.snr_db`). ``N == 0`` gives 0.0, as in the Toolbox.
 
     ``bvp`` is the predicted pulse signal, float (n,) at ``fs_hz``; ``hr_ref_bpm`` the reference HR
     (in the Toolbox :func:`hr_from_bvp` of the ground-truth PPG); ``band_hz`` the noise band (and

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 import rppg_prep
 from rppg_prep.cli import main
-from rppg_prep.evaluate import evaluate_build
-from rppg_prep.evaluation import metrics
+from rppg_prep.scoring import evaluate_build
+from rppg_prep.protocols import metrics
 from rppg_prep.roi import EXCLUDED, roi_mask, to_crop_coords
 
 

@@ -1,4 +1,4 @@
-"""Tests of rppg_prep.evaluation (rPPG-Toolbox evaluation parity): hand-computed metrics, detrending
+"""Tests of rppg_prep.protocols (rPPG-Toolbox evaluation parity): hand-computed metrics, detrending
 against the dense formula, FFT HR on synthetic signals, windowed HR, SNR, then a real PPG record."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 from scipy import signal as sps
 
-from rppg_prep import evaluation as E
+from rppg_prep import protocols as E
 
 
 def pulse_wave(hr_bpm, fs_hz, duration_s, *, a2=0.8):

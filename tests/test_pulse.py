@@ -1,4 +1,4 @@
-"""Tests of rppg_prep.signal: synthetic signals with known answers, then real PPG recordings."""
+"""Tests of rppg_prep.pulse: synthetic signals with known answers, then real PPG recordings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 
 from conftest import require_real_data
-from rppg_prep import signal as S
+from rppg_prep import pulse as S
 from rppg_prep.datasets import ubfc
 
 
@@ -332,7 +332,7 @@ def test_ubfc_subject11_dropouts_do_not_leak_into_window_labels(ubfc_windows):
 
 
 def test_hr_welch_stays_in_the_band_on_noise_and_edge_peaks():
-    from rppg_prep.signal import hr_welch
+    from rppg_prep.pulse import hr_welch
 
     rng = np.random.default_rng(0)
     band = (0.7, 3.5)
