@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from rppg_prep import __version__
-from rppg_prep.datasets import Subject, get_loader
+from rppg_prep.datasets import Subject, get_loader, open_source
 from rppg_prep.errors import FaceNotFoundError, VideoDecodeError
 from rppg_prep.pipeline import ORDER, STAGES, Pipeline, load_pipeline
+from rppg_prep.sources import repair_times
 from rppg_prep.stage import canonical_json, node_key
 from rppg_prep.stages import clips, decode, face, labels, landmarks, st_map
 from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node
@@ -154,7 +155,7 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
                 progress: ProgressFn) -> None:
     """Stream the video once and write whichever of decode / landmarks / face are missing."""
     need = {s: not plan[s].fresh for s in ("decode", "landmarks", "face")}
-    source = decode.open_source(subject)
+    source = open_source(subject)
     info = source.info
     lp, fp = pipe.params["landmarks"], pipe.params["face"]
     writers: list[NodeWriter] = []
@@ -231,7 +232,7 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
             for fut in in_flight:
                 fut.result()
             crop_pool.shutdown()
-        t_s, n_filled = decode.repair_times(np.concatenate(times), info.fps)
+        t_s, n_filled = repair_times(np.concatenate(times), info.fps)
         n = len(t_s)
         res.frames = n
         fps_eff = (n - 1) / max(t_s[-1] - t_s[0], 1e-9) if n > 1 else info.fps

@@ -3,7 +3,7 @@
 A loader module exposes ``NAME``, ``LAYOUT`` (a one-paragraph description of the expected files),
 ``find_subjects(root) -> list[Subject]`` and ``read_truth(subject) -> Truth``; a loader whose frames
 are not a plain video file (image sequences, arrays inside ``.mat`` files) also exposes
-``open_frames(subject) -> rppg_prep.stages.decode.FrameSource``, and ``frame_clock_files(subject) -> tuple of
+``open_frames(subject) -> rppg_prep.sources.FrameSource``, and ``frame_clock_files(subject) -> tuple of
 Path`` when that source reads files besides ``Subject.video`` (a logged frame clock): they are hashed
 into the decode node's key. Heavy readers (h5py, scipy.io, a
 BDF reader) are imported inside the functions that need them, so listing datasets stays cheap.
@@ -19,7 +19,7 @@ from types import ModuleType
 
 import numpy as np
 
-__all__ = ["Subject", "Truth", "get_loader", "LOADERS", "natural_key"]
+__all__ = ["Subject", "Truth", "get_loader", "open_source", "LOADERS", "natural_key"]
 
 #: dataset name -> module path of its loader
 LOADERS: dict[str, str] = {
@@ -118,3 +118,27 @@ def get_loader(name: str) -> ModuleType:
         return importlib.import_module(LOADERS[name])
     except KeyError:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(LOADERS))}") from None
+
+
+def open_source(subject: Subject):
+    """The frame source of ``subject``: its loader's ``open_frames`` if it has one, else its video file.
+
+    Parameters
+    ----------
+    subject : Subject
+
+    Returns
+    -------
+    rppg_prep.sources.FrameSource
+
+    Raises
+    ------
+    VideoDecodeError
+        If the frames cannot be opened; the message names the subject and file.
+    """
+    from rppg_prep.sources import VideoSource
+
+    opener = getattr(get_loader(subject.dataset), "open_frames", None)
+    if opener is not None:
+        return opener(subject)
+    return VideoSource(subject.video, subject=subject.id)

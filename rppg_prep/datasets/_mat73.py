@@ -177,7 +177,7 @@ def h5_video_source(f, var: str, subject: Subject, *, fps: float, missing_hint: 
 
     Returns
     -------
-    rppg_prep.stages.decode.ArraySource
+    rppg_prep.sources.ArraySource
         Float data as ``value_range="unit"``, integer data as ``"uint8"``.
 
     Raises
@@ -187,7 +187,7 @@ def h5_video_source(f, var: str, subject: Subject, *, fps: float, missing_hint: 
     """
     import h5py
 
-    from rppg_prep.stages.decode import ArraySource
+    from rppg_prep.sources import ArraySource
 
     path = subject.video
     try:

@@ -115,7 +115,7 @@ def open_frames(subject: Subject):
 
     Returns
     -------
-    rppg_prep.stages.decode.ImageSequenceSource
+    rppg_prep.sources.ImageSequenceSource
         ``info.fps`` = 30; frames are RGB uint8 (480, 640, 3) in the real dataset.
 
     Raises
@@ -124,7 +124,7 @@ def open_frames(subject: Subject):
         Frame folder missing or without ``.bmp`` files, or an unreadable first frame; while
         streaming, an unreadable frame (the message names that file).
     """
-    from rppg_prep.stages.decode import ImageSequenceSource
+    from rppg_prep.sources import ImageSequenceSource
 
     folder = subject.video
     if not folder.is_dir():

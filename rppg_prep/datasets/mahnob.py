@@ -289,7 +289,7 @@ def _frame_rate_note(subject: Subject) -> str | None:
     if not subject.video.is_file():
         return None
     from rppg_prep.errors import VideoDecodeError
-    from rppg_prep.stages.decode import probe
+    from rppg_prep.sources import probe
 
     try:
         info = probe(subject.video, subject=subject.id)

@@ -302,7 +302,7 @@ def open_frames(subject: Subject):
 
     Returns
     -------
-    rppg_prep.stages.decode.ArraySource
+    rppg_prep.sources.ArraySource
         RGB frames (``round(x * 255)`` as uint8; 320x240 in MMPD) at ``i / 30`` s. Closing it frees
         the loaded video (v5) or closes the file (v7.3).
 
@@ -312,7 +312,7 @@ def open_frames(subject: Subject):
         The file is missing, not a readable MATLAB file, has no ``video``, or ``video`` is not a 4-D
         RGB array; the message names subject and file.
     """
-    from rppg_prep.stages.decode import ArraySource
+    from rppg_prep.sources import ArraySource
 
     path = subject.video
     if _is_v73(path, subject.id, VideoDecodeError):

@@ -191,7 +191,7 @@ def open_frames(subject: Subject):
 
     Returns
     -------
-    rppg_prep.stages.decode.ImageSequenceSource
+    rppg_prep.sources.ImageSequenceSource
         RGB uint8 frames at 25 fps, times from :func:`frame_times`.
 
     Raises
@@ -199,7 +199,7 @@ def open_frames(subject: Subject):
     VideoDecodeError
         If the frame folder is missing or holds no JPEG, or a frame cannot be read (named).
     """
-    from rppg_prep.stages.decode import ImageSequenceSource
+    from rppg_prep.sources import ImageSequenceSource
 
     folder = Path(subject.video)
     if not folder.is_dir():

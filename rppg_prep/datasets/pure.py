@@ -214,7 +214,7 @@ def open_frames(subject: Subject):
 
     Returns
     -------
-    rppg_prep.stages.decode.ImageSequenceSource
+    rppg_prep.sources.ImageSequenceSource
         Frames sorted by the timestamp in their file name; ``t_s`` (float64, shape (T,), s) from
         ``/Image`` relative to the first frame (from the file names when the json is missing or has
         no ``/Image``).
@@ -227,7 +227,7 @@ def open_frames(subject: Subject):
     GroundTruthError
         The json exists but cannot be parsed.
     """
-    from rppg_prep.stages.decode import ImageSequenceSource
+    from rppg_prep.sources import ImageSequenceSource
 
     files, name_ns = _list_frames(subject, VideoDecodeError)
     data = _load_json(subject) if subject.truth[0].exists() else None

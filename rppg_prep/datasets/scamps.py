@@ -96,7 +96,7 @@ def open_frames(subject: Subject):
 
     Returns
     -------
-    rppg_prep.stages.decode.ArraySource
+    rppg_prep.sources.ArraySource
         RGB frames (``round(x * 255)`` as uint8, 240x240 in the real data) at ``i / 30`` s; closing it
         closes the file.
 

@@ -144,14 +144,14 @@ def find_subjects(root: str | Path) -> list[Subject]:
 
 
 def open_frames(subject: Subject):
-    """The frames of one class, memory-mapped (an :class:`~rppg_prep.stages.decode.ArraySource`).
+    """The frames of one class, memory-mapped (an :class:`~rppg_prep.sources.ArraySource`).
 
     Raises
     ------
     VideoDecodeError
         If ``frames.npy`` is missing or not a uint8 (T, H, W, 3) array.
     """
-    from rppg_prep.stages.decode import ArraySource
+    from rppg_prep.sources import ArraySource
 
     try:
         frames = np.load(subject.video, mmap_mode="r")

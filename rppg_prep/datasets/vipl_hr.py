@@ -11,7 +11,7 @@ M = 1..9 (second takes ``v<M>-2`` are accepted), K = 1..4, each holding
 
 * ``video.avi``: already face-cropped. The container always says 25 fps, whatever the camera did.
 * ``time.txt`` (sources 1, 3, 4): one time per frame, milliseconds, one per line. This is the
-  frame clock: it is passed to :class:`~rppg_prep.stages.decode.VideoSource` (``t_s=``) and
+  frame clock: it is passed to :class:`~rppg_prep.sources.VideoSource` (``t_s=``) and
   re-based so the first frame is at 0. Repeated times are spread evenly (noted). Its line count
   must equal the video's frame count. Source 2 (phone) has none: frames are then at
   ``i / container fps`` and a note says so; VIPL-HR's containers say 25 fps while the phone is
@@ -176,7 +176,7 @@ def open_frames(subject: Subject):
 
     Returns
     -------
-    rppg_prep.stages.decode.VideoSource
+    rppg_prep.sources.VideoSource
         With ``t_s`` from ``time.txt`` when present; its ``info.fps`` is then the mean rate of
         those times (the face tracker's smoothing is in frames per second), not the container's.
 
@@ -186,7 +186,7 @@ def open_frames(subject: Subject):
         Missing or unreadable video; ``time.txt`` unreadable, non-numeric, running backwards, or
         holding more or fewer times than the container has frames (names ``time.txt``).
     """
-    from rppg_prep.stages.decode import VideoSource
+    from rppg_prep.sources import VideoSource
 
     tpath = _time_path(subject)
     t = None
@@ -248,7 +248,7 @@ def _video_duration(subject: Subject) -> tuple[float, list[str]]:
         except (ValueError, OSError, UnicodeDecodeError) as exc:
             raise GroundTruthError(f"bad frame-time file: {exc}", subject=subject.id, path=tpath) from None
         return float(t[-1] + np.median(np.diff(t))), notes
-    from rppg_prep.stages.decode import probe
+    from rppg_prep.sources import probe
 
     info = probe(subject.video, subject=subject.id)
     if info.n_frames < 2:
