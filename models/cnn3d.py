@@ -3,7 +3,7 @@
 Implemented in torch from the written specification (``design/models.md`` §3) of Bousefsaf, Pruski
 and Maaoui, "3D convolutional neural networks for remote pulse rate measurement and mapping from
 facial video", Applied Sciences 9(20):4364, 2019 (reference: Keras/TF1). The net is trained on
-synthetic pseudo-PPG videos only (:mod:`rppg_models.synthetic`) and classifies a zero-mean
+synthetic pseudo-PPG videos only (:mod:`rppg_prep.pseudo_ppg`) and classifies a zero-mean
 (1, 60, 25, 25) patch of the G channel (/255) into 76 classes: 75 heart rates
 ``linspace(55, 240, 75)`` bpm (2.5-bpm bins) and a "noise / no pulse" class (index 75, reported as
 -1 bpm). At inference every 25x25 patch position and every 60-frame window gives a softmax, i.e. a
@@ -47,35 +47,12 @@ import numpy as np
 import torch
 from torch import nn
 
+# the HR classes are defined once, beside the generator that draws videos of them
+from rppg_prep.pseudo_ppg import (CLASS_BPM, HR_CLASSES_BPM, N_CLASSES, N_HR_CLASSES, NOISE_BPM,  # noqa: F401
+                                  NOISE_CLASS, bpm_to_class, class_to_bpm)
+
 LENGTH = 60  #: frames per input window (2 s at 30 fps)
 PATCH = 25  #: patch side, px
-N_HR_CLASSES = 75  #: heart-rate classes
-NOISE_CLASS = 75  #: index of the "noise / no pulse" class
-N_CLASSES = 76  #: HR classes + noise
-NOISE_BPM = -1.0  #: HR reported for the noise class
-HR_CLASSES_BPM = np.linspace(55.0, 240.0, N_HR_CLASSES)  #: HR of class c < 75, bpm (2.5-bpm steps)
-CLASS_BPM = np.append(HR_CLASSES_BPM, NOISE_BPM)  #: (76,) bpm of every class, noise = -1
-
-
-def class_to_bpm(classes) -> np.ndarray:
-    """Class indices (any shape) -> bpm (float), the noise class -> -1."""
-    return CLASS_BPM[np.asarray(classes)]
-
-
-def bpm_to_class(bpm) -> np.ndarray:
-    """HR in bpm (any shape) -> nearest HR class (int64); values outside [55, 240] clip to the ends.
-
-    Raises
-    ------
-    ValueError
-        If any value is not finite (use :data:`NOISE_CLASS` explicitly for "no pulse").
-    """
-    bpm = np.asarray(bpm, float)
-    if not np.all(np.isfinite(bpm)):
-        raise ValueError("bpm must be finite")
-    step = HR_CLASSES_BPM[1] - HR_CLASSES_BPM[0]
-    return np.clip(np.rint((bpm - HR_CLASSES_BPM[0]) / step), 0, N_HR_CLASSES - 1).astype(np.int64)
-
 
 class Cnn3d(nn.Module):
     """The 3D-CNN: Conv3d(1->32, 58x20x20) -> MaxPool 2 -> ReLU -> Dropout -> FC 512 -> FC 76 logits."""

@@ -282,14 +282,15 @@ def fit_cnn3d_synthetic(*, steps: int = 100, batch: int = 32, lr: float = 1e-3, 
                         device: str = "auto") -> tuple[torch.nn.Module, list[float]]:
     """Train Bousefsaf's 3D-CNN on its pseudo-PPG videos alone, as the paper does.
 
-    Every step draws a fresh batch from :func:`rppg_models.synthetic.generate` (balanced over the
+    Every step draws a fresh batch from :func:`rppg_prep.pseudo_ppg.generate` (balanced over the
     75 HR classes and the noise class) and takes one Adam step on the cross-entropy.
 
     Returns
     -------
     (model in eval mode, losses per step)
     """
-    from rppg_models import cnn3d, synthetic
+    from rppg_models import cnn3d
+    from rppg_prep import pseudo_ppg as synthetic
 
     dev = pick_device(device)
     seed_everything(seed)
@@ -363,7 +364,7 @@ def fit_cnn3d(cache: str | Path, dataset: str = "synthetic", pipeline: str = "sy
 
     Every stored clip is one 60-frame generator video; its class is the subject's HR class
     (``clip_hr_device_bpm`` of the labels, the generator's HR). The model input is the green
-    channel / 255 minus the clip mean, which equals :func:`rppg_models.synthetic.generate`. The
+    channel / 255 minus the clip mean, which equals :func:`rppg_prep.pseudo_ppg.generate`. The
     noise class has no stored form (it is not quantised), so each batch gets its expected share
     (1/76) of noise videos drawn on the fly from the generator, as the paper's balanced batches.
 
@@ -378,7 +379,8 @@ def fit_cnn3d(cache: str | Path, dataset: str = "synthetic", pipeline: str = "sy
     ValueError
         If the build's clips are not 60 frames of 25x25 (build it with ``pipelines/synthetic.yaml``).
     """
-    from rppg_models import cnn3d, synthetic
+    from rppg_models import cnn3d
+    from rppg_prep import pseudo_ppg as synthetic
     from rppg_prep.manifest import open_build
 
     build = open_build(cache, dataset, pipeline)

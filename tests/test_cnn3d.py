@@ -1,4 +1,4 @@
-"""Tests of rppg_models.cnn3d (Bousefsaf 3D-CNN) and rppg_models.synthetic (its pseudo-PPG generator)."""
+"""Tests of rppg_models.cnn3d (Bousefsaf 3D-CNN) and rppg_prep.pseudo_ppg (its pseudo-PPG generator)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import torch_threads
-from rppg_models import cnn3d, synthetic
+from rppg_models import cnn3d
+from rppg_prep import pseudo_ppg as synthetic
 
 FS = 30.0
 

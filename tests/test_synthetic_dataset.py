@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 import rppg_prep
 from conftest import torch_threads
-from rppg_models import cnn3d, synthetic
+from rppg_models import cnn3d
+from rppg_prep import pseudo_ppg as synthetic
 from rppg_prep.cli import main
 from rppg_prep.datasets import synthetic as syn_ds
 

@@ -2,7 +2,7 @@
 
 Source: F. Bousefsaf, A. Pruski, C. Maaoui, "3D convolutional neural networks for remote pulse rate
 measurement and mapping from facial video", Applied Sciences 9(20):4364, 2019; generator as
-specified in ``design/models.md`` §3.4 and implemented in :mod:`rppg_models.synthetic`.
+specified in ``design/models.md`` §3.4 and implemented in :mod:`rppg_prep.pseudo_ppg`.
 
 Layout written by :func:`write_synthetic` (and read by :func:`find_subjects`)::
 
@@ -14,7 +14,7 @@ A subject is one HR class (``linspace(55, 240, 75)`` bpm); its K videos of 60 fr
 30 fps) are concatenated, so 60-frame clips with stride 60 (``pipelines/synthetic.yaml``) are
 exactly the generator's videos. Frames are the integer grey levels of step 7 of the specification,
 replicated to RGB; the model-side read (/255, minus the clip mean) gives back exactly what
-:func:`rppg_models.synthetic.generate` returns. ``ppg`` is each video's pseudo-PPG (waveform plus
+:func:`rppg_prep.pseudo_ppg.generate` returns. ``ppg`` is each video's pseudo-PPG (waveform plus
 trend), ``hr_bpm`` the class HR. The noise class is not quantised in the specification and has no
 uint8 form; the trainer draws it on the fly.
 
@@ -70,8 +70,8 @@ def write_synthetic(out_dir: str | Path, *, videos_per_class: int = 4, classes=N
     ValueError
         ``videos_per_class < 1`` or a class outside [0, 74].
     """
-    from rppg_models import synthetic
-    from rppg_models.cnn3d import HR_CLASSES_BPM, N_HR_CLASSES
+    from rppg_prep import pseudo_ppg as synthetic
+    from rppg_prep.pseudo_ppg import HR_CLASSES_BPM, N_HR_CLASSES
 
     classes = list(range(N_HR_CLASSES)) if classes is None else [int(c) for c in classes]
     if videos_per_class < 1 or any(not 0 <= c < N_HR_CLASSES for c in classes):
@@ -131,7 +131,7 @@ def find_subjects(root: str | Path) -> list[Subject]:
     root = Path(root)
     if not (root / _META).is_file():
         raise DatasetLayoutError(f"not a synthetic dataset folder (no {_META}). {LAYOUT}", path=root)
-    from rppg_models.cnn3d import HR_CLASSES_BPM
+    from rppg_prep.pseudo_ppg import HR_CLASSES_BPM
 
     subjects = []
     for folder in sorted(root.glob("c[0-9][0-9]"), key=lambda p: natural_key(p.name)):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rppg_prep import pulse
-from rppg_prep.datasets import Truth
+from rppg_prep.subject import Truth
 from rppg_prep.errors import ConfigError, GroundTruthError
 from rppg_prep.stage import ArraySpec, Stage
 

@@ -4,7 +4,7 @@ Implemented from the written specification (``design/models.md`` §3.4) of Bouse
 Maaoui, "3D convolutional neural networks for remote pulse rate measurement and mapping from facial
 video", Applied Sciences 9(20):4364, 2019. A video is 60 frames (2 s at 30 fps) of a 25x25 patch,
 one channel; its label is one of 76 classes: 75 heart rates ``linspace(55, 240, 75)`` bpm (2.5-bpm
-bins, :data:`rppg_models.cnn3d.HR_CLASSES_BPM`) and the noise class 75.
+bins, :data:`HR_CLASSES_BPM`) and the noise class 75.
 
 Pulse video of class c (HR f = HR_CLASSES_BPM[c]), per video:
 
@@ -44,8 +44,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from rppg_models.cnn3d import HR_CLASSES_BPM, N_CLASSES, NOISE_CLASS
+__all__ = ["generate", "pulse_videos_uint8", "pulse_waveform", "trends", "bpm_to_class", "class_to_bpm",
+           "HR_CLASSES_BPM", "CLASS_BPM", "N_CLASSES", "N_HR_CLASSES", "NOISE_CLASS", "NOISE_BPM", "FS", "LENGTH", "SIZE"]
 
+N_HR_CLASSES = 75  #: heart-rate classes
+NOISE_CLASS = 75  #: index of the "noise / no pulse" class
+N_CLASSES = 76  #: HR classes + noise
+NOISE_BPM = -1.0  #: HR reported for the noise class
+HR_CLASSES_BPM = np.linspace(55.0, 240.0, N_HR_CLASSES)  #: HR of class c < 75, bpm (2.5-bpm steps)
+CLASS_BPM = np.append(HR_CLASSES_BPM, NOISE_BPM)  #: (76,) bpm of every class, noise = -1
 FS = 30.0  #: frame rate of the synthetic videos, Hz
 LENGTH = 60  #: frames per video (2 s)
 SIZE = 25  #: patch side, px
@@ -57,6 +64,26 @@ AMPLITUDE_RANGE = (1.5, 4.0)  #: pulse amplitude a ~ U(1.5, 4)
 NOISE_FACTOR_RANGE = (1.0, 10.0)  #: noise_energy = a * 0.25 * U(1, 10) / 100
 PIXEL_NOISE_MEAN, PIXEL_NOISE_SD = 0.5, 0.25  #: n ~ N(0.5, 0.25) per pixel, pulse videos
 NOISE_CLASS_SD = 1.0 / 50.0  #: N(0, 1)/50 per pixel, noise videos
+
+
+def class_to_bpm(classes) -> np.ndarray:
+    """Class indices (any shape) -> bpm (float), the noise class -> -1."""
+    return CLASS_BPM[np.asarray(classes)]
+
+
+def bpm_to_class(bpm) -> np.ndarray:
+    """HR in bpm (any shape) -> nearest HR class (int64); values outside [55, 240] clip to the ends.
+
+    Raises
+    ------
+    ValueError
+        If any value is not finite (use :data:`NOISE_CLASS` explicitly for "no pulse").
+    """
+    bpm = np.asarray(bpm, float)
+    if not np.all(np.isfinite(bpm)):
+        raise ValueError("bpm must be finite")
+    step = HR_CLASSES_BPM[1] - HR_CLASSES_BPM[0]
+    return np.clip(np.rint((bpm - HR_CLASSES_BPM[0]) / step), 0, N_HR_CLASSES - 1).astype(np.int64)
 
 
 def trends() -> np.ndarray:
