@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rppg_models.data import ClipDataset
-from rppg_models.train import FAMILIES, TrainConfig, fit
+from rppg_models.train import FAMILIES, TrainConfig, fit, pick_device
 
 
 def reader_clips_per_s(cache: Path, fam, workers: int, n: int = 48) -> float:
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2)
     args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device("auto"))
     rows = {}
     for name, factory in FAMILIES.items():
         fam = factory()

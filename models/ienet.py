@@ -64,6 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rppg_models.layers import DropPath
+
 FS = 30.0  #: frame rate the reference trains at, Hz
 RPPG_LEN = 128  #: samples of each rPPG output (= T)
 BPM_RANGE = (40, 180)  #: candidate HR grid of FEE / the frequency loss, bpm, 1-bpm step, end excluded
@@ -74,21 +76,6 @@ Size3 = tuple[int, int, int]
 
 
 # ----------------------------------------------------------------------------- helpers
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a whole sample's residual branch with probability ``p`` (training)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
 
 def effective_window(size: Size3, window: Size3, shift: Size3) -> tuple[Size3, Size3]:
     """Window / shift actually used on a (D, H, W) map: dims no larger than the window use the

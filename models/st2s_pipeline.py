@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ from rppg_prep.manifest import open_build
 from rppg_prep.stage import canonical_json, node_key
 from rppg_prep.stages.split import PRED_STAGE, STAGE as SPLIT_STAGE, PredParams, SplitParams, good_bad
 from rppg_prep.manifest import build_key, manifest_path, read_manifest, record_nodes
-from rppg_prep.store import NodeWriter, node_exists, node_path, open_node
+from rppg_prep.store import NodeWriter, atomic_write, node_exists, node_path, open_node
 
 __all__ = ["Stage1Config", "Stage2Config", "train_stage1", "write_split", "stage2", "load_subject"]
 
@@ -142,9 +139,8 @@ def train_stage1(cache: str | Path, dataset: str, pipeline: str, cfg: Stage1Conf
     subjects = [s for s, d in data.items() if len(d.label_bpm)]
     if len(subjects) < 2:
         raise ValueError(f"leave-one-subject-out needs >= 2 subjects with ST images, got {subjects}")
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_write(final, complete=lambda p: (p / "meta.json").exists()) as tmp:
+        tmp.mkdir()
         for i, held in enumerate(subjects):
             train = [data[s] for s in subjects if s != held]
             x = torch.cat([d.images for d in train])
@@ -160,13 +156,6 @@ def train_stage1(cache: str | Path, dataset: str, pipeline: str, cfg: Stage1Conf
                           "manifest": str(manifest_path(cache, dataset, pipeline)), "key": _build_key(man)},
                 "subjects": subjects, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another run committed the same key
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return key, final
 
 

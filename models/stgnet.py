@@ -37,7 +37,7 @@ Deviations / inferences (the release has model code only):
   layers keep PyTorch's default initialisation (the reference's Linear init has no targets).
 * ``frames`` / ``size`` constructor arguments scale the graph geometry (T/4, T/8 and S/8, S/16)
   so reduced configurations run the same code path; only the default gives the paper's counts.
-* DropPath is implemented locally (timm is not a dependency).
+* DropPath is :class:`rppg_models.layers.DropPath` (timm is not a dependency).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rppg_models.layers import DropPath
 
 FRAMES = 160  #: clip length (frames) of the reference
 SIZE = 64  #: face crop side, px
@@ -58,25 +60,6 @@ def normalise_mask(mask: torch.Tensor) -> torch.Tensor:
     """
     n2, n3 = mask.shape[2], mask.shape[3]
     return mask / mask.sum(dim=(2, 3), keepdim=True) * (n2 * n3 * 0.5)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero whole samples with probability ``p`` in training, scale by 1/(1-p)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = x.new_empty(shape).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class DiffBlock(nn.Module):

@@ -9,7 +9,6 @@ register how they read clips and what their loss is in :data:`FAMILIES`.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -351,9 +350,11 @@ def _checkpoint(model: torch.nn.Module, family: str, cfg: dict, cache, dataset: 
     meta = {"family": family, "config": cfg, "key": key, "subjects": subjects,
             "build": {"manifest": str(manifest_path(cache, dataset, pipeline)),
                       "key": build_key(man, ("clips", "labels"), subjects)}}
+    from rppg_prep.store import atomic_write
+
     path = Path(out) / f"{family}-{key[:12]}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), **meta}, path)
+    with atomic_write(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), **meta}, tmp)
     return path
 
 

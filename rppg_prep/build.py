@@ -29,9 +29,8 @@ from rppg_prep import __version__
 from rppg_prep.datasets import Subject, get_loader, open_source
 from rppg_prep.errors import FaceNotFoundError, VideoDecodeError
 from rppg_prep.pipeline import ORDER, STAGES, Pipeline, load_pipeline
-from rppg_prep.sources import repair_times
 from rppg_prep.stage import canonical_json, node_key
-from rppg_prep.stages import clips, decode, face, labels, landmarks, st_map
+from rppg_prep.stages import clips, face, labels, landmarks, st_map
 from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node
 
 __all__ = ["plan_subject", "video_pass", "RUNNERS", "SubjectResult", "NodePlan", "environment_threads",
@@ -154,6 +153,8 @@ def _gaps(valid: np.ndarray, t_s: np.ndarray) -> list[tuple[float, float]]:
 def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,
                 progress: ProgressFn) -> None:
     """Stream the video once and write whichever of decode / landmarks / face are missing."""
+    from rppg_prep.sources import repair_times
+
     need = {s: not plan[s].fresh for s in ("decode", "landmarks", "face")}
     source = open_source(subject)
     info = source.info
@@ -351,17 +352,21 @@ def dir_bytes(path: Path) -> int:
 def environment_threads() -> None:
     """One compute thread per library per process: threads fight on small machines (dependencies.md).
 
-    Also caps glibc's malloc arenas at 2: every thread otherwise gets its own arena, and the freed
-    frame buffers they keep raised peak RSS by ~90 MB in a one-process build.
+    Set through the environment, so that it holds for OpenCV and zarr whenever they are imported
+    later (a no-op rebuild never imports them) and costs nothing to call again; libraries already
+    imported are set directly. Also caps glibc's malloc arenas at 2: every thread otherwise gets its
+    own arena, and the freed frame buffers they keep raised peak RSS by ~90 MB in a one-process build.
     """
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    import cv2
+    import sys
 
-    cv2.setNumThreads(1)
-    import zarr
-
-    zarr.config.set({"threading.max_workers": 1, "async.concurrency": 4})
+    for var, value in (("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"),
+                       ("OPENCV_FOR_THREADS_NUM", "1"), ("ZARR_THREADING__MAX_WORKERS", "1"),
+                       ("ZARR_ASYNC__CONCURRENCY", "4")):
+        os.environ.setdefault(var, value)
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(1)
+    if "zarr" in sys.modules:
+        sys.modules["zarr"].config.set({"threading.max_workers": 1, "async.concurrency": 4})
     try:
         import ctypes
 

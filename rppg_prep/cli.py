@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 DEFAULT_CACHE = "cache"
 
 
-def _console():
+def stderr_console():
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -31,7 +31,44 @@ def _split(values: tuple[str, ...]) -> list[str]:
     return [v for item in values for v in item.replace(",", " ").split() if v]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _PluginGroup(click.Group):
+    """The core commands, plus those other packages register as ``rppg_prep.commands`` entry points
+    (the training layer's ``train``): loaded only when named or listed, so the core never imports them."""
+
+    @staticmethod
+    def _plugins() -> dict:
+        from importlib.metadata import entry_points
+
+        return {ep.name: ep for ep in entry_points(group="rppg_prep.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in (plugins := self._plugins()):
+            cmd = plugins[name].load()
+        return cmd
+
+
+def _plugin(group: str, what: str):
+    """The object registered under entry-point ``group`` (a hook of the training layer).
+
+    Raises
+    ------
+    click.ClickException
+        Nothing is registered: the training layer (``rppg_models``) is not installed.
+    """
+    from importlib.metadata import entry_points
+
+    eps = list(entry_points(group=group))
+    if not eps:
+        raise click.ClickException(f"scoring {what} needs the training layer (rppg_models), which is not installed; "
+                                   "reinstall rppg-prep with `pip install -e .`")
+    return eps[0].load()
+
+
+@click.group(cls=_PluginGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rppg-prep")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -43,7 +80,7 @@ def main(verbose: int) -> None:
     from rich.logging import RichHandler
 
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=_console(), show_path=False)])
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=stderr_console(), show_path=False)])
 
 
 def _pipeline_options(fn):
@@ -63,7 +100,7 @@ def _resolve(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
     from rppg_prep.errors import RppgPrepError
 
     try:
-        pipe = _load_pipeline(pipeline)
+        pipe = load_pipeline_or_exit(pipeline)
         loader = get_loader(pipe.dataset)
         if root is None:
             root = _default_root(pipe.dataset, cache, console)
@@ -114,7 +151,7 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
     from rppg_prep.dag import run_build
     from rppg_prep.errors import RppgPrepError
 
-    console = _console()
+    console = stderr_console()
     environment_threads()
     pipe, root, found = _resolve(pipeline, root, cache, subjects, console)
     if dry_run:
@@ -153,7 +190,7 @@ def status(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, .
 
     Exit code 1 when anything is not fresh.
     """
-    console = _console()
+    console = stderr_console()
     pipe, root, found = _resolve(pipeline, root, cache, subjects, console)
     if not _status_table(console, pipe, found, cache, title=f"status of {pipe.name} ({root})"):
         sys.exit(1)
@@ -225,7 +262,7 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
     from rppg_prep.scoring import evaluate_build
     from rppg_prep.protocols import metrics
 
-    console = _console()
+    console = stderr_console()
     environment_threads()
     pipe, root, found = _resolve(pipeline, root, cache, subjects, console)
     results = run_build(pipe, found, cache, root=root)
@@ -236,7 +273,8 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
     if not ok:
         raise click.ClickException("no subject built; nothing to evaluate")
     if checkpoint is not None:
-        _evaluate_checkpoint(console, checkpoint, cache, pipe, ok, device, adapt_steps, csv_path, hr_label)
+        _plugin("rppg_prep.checkpoint_report", "a trained checkpoint")(
+            console, checkpoint, cache, pipe, ok, device, adapt_steps, csv_path, hr_label)
         if failed:
             sys.exit(1)
         return
@@ -265,43 +303,6 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
             console.print(f"png: {path}")
     if failed:
         sys.exit(1)
-
-
-def _evaluate_checkpoint(console, checkpoint: Path, cache: Path, pipe, subjects: list[str], device: str,
-                         adapt_steps: int, csv_path: Path | None, hr_label: str = "beats") -> None:
-    import csv
-
-    from rich.table import Table
-
-    from rppg_models.evaluate import evaluate_checkpoint
-
-    try:
-        scores, m = evaluate_checkpoint(checkpoint, cache, pipe.dataset, pipe.name, subjects=subjects, device=device,
-                                        adapt_steps=adapt_steps, hr_label=hr_label)
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise click.ClickException(f"{checkpoint}: {exc}") from None
-    table = Table(title=f"{checkpoint.name} on {pipe.name}: HR per clip (reference: {hr_label} HR of the labels)")
-    for col in ("subject", "clips", "HR pred (bpm)", "HR ref (bpm)", "MAE (bpm)", "BVP r"):
-        table.add_column(col, justify="left" if col == "subject" else "right")
-    for sid in subjects:
-        mine = [s for s in scores if s.subject == sid]
-        if mine:
-            p, r = np.array([s.hr_pred_bpm for s in mine]), np.array([s.hr_ref_bpm for s in mine])
-            table.add_row(sid, str(len(mine)), f"{np.nanmedian(p):.1f}", f"{np.nanmedian(r):.1f}",
-                          f"{np.nanmean(np.abs(p - r)):.1f}", f"{np.nanmean([s.bvp_r for s in mine]):.2f}")
-    console.print(table)
-    console.print(f"overall (n={m.n} clips): MAE {m.mae:.2f} ± {m.mae_se:.2f} bpm, RMSE {m.rmse:.2f} ± {m.rmse_se:.2f} "
-                  f"bpm, MAPE {m.mape:.2f} ± {m.mape_se:.2f} %, Pearson r {m.pearson_r:.3f} ± {m.pearson_r_se:.3f}, "
-                  f"SNR {m.snr_db:.2f} ± {m.snr_db_se:.2f} dB")
-    if csv_path is not None:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["subject", "clip", "hr_pred_bpm", "hr_ref_bpm", "snr_db", "bvp_r"])
-            for s in scores:
-                w.writerow([s.subject, s.clip, f"{s.hr_pred_bpm:.3f}", f"{s.hr_ref_bpm:.3f}", f"{s.snr_db:.3f}",
-                            f"{s.bvp_r:.4f}"])
-        console.print(f"csv: {csv_path}")
 
 
 def _write_scores_csv(path: Path, scores) -> None:
@@ -355,9 +356,9 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
     from rppg_prep.errors import RppgPrepError
     from rppg_prep.report import inspect_png, summarize_build
 
-    console = _console()
+    console = stderr_console()
     try:
-        pipe = _load_pipeline(pipeline)
+        pipe = load_pipeline_or_exit(pipeline)
         rows = summarize_build(cache, pipe.dataset, pipe.name, subject)
     except RppgPrepError as exc:
         raise click.ClickException(str(exc)) from None
@@ -406,130 +407,6 @@ def inspect_command(pipeline: str, subject: str | None, cache: Path, png_dir: Pa
                 click.echo(str(p))
 
 
-@main.command()
-@click.argument("model", type=click.Choice(["st2s-cnn", "st2s", "stgnet", "meta-rppg", "ienet", "cnn3d"]))
-@click.option("--build", "pipeline", default=None,
-              help="Pipeline whose build to train on [default: ubfc; synthetic for cnn3d].")
-@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
-              help="Store root holding the build; checkpoints go to CACHE/models/.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Stage-1 CNN epochs per leave-one-subject-out fold.")
-@click.option("--threshold-bpm", type=click.FloatRange(min=0.0, min_open=True), default=5.0, show_default=True,
-              help="ST2S split: an ST image whose stage-1 error exceeds this many bpm is bad.")
-@click.option("--stage2-epochs", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Stage-2 classifier epochs per fold (st2s only).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Torch device; auto takes CUDA when present.")
-@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
-              help="stgnet / meta-rppg / ienet / cnn3d: optimiser steps.")
-@click.option("--batch", type=click.IntRange(min=1), default=None,
-              help="stgnet / meta-rppg / ienet / cnn3d: clips per step [default: 4; 32 for cnn3d].")
-@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="stgnet / meta-rppg / ienet / cnn3d: Adam learning rate [default: 1e-4; 1e-3 for cnn3d, "
-                   "Keras' default as in the paper].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="stgnet / meta-rppg / ienet: checkpoint folder (default CACHE/models).")
-@click.option("--subjects", default=None,
-              help="stgnet / meta-rppg / ienet: comma-separated training subjects (default: every subject).")
-@click.option("--frames", type=click.IntRange(min=16), default=None,
-              help="stgnet: clip length in frames (default the paper's 160; a CPU recipe may use fewer).")
-@click.option("--size-px", type=click.IntRange(min=8), default=None,
-              help="stgnet, meta-rppg (>= 32): resize the 64-px crops to this side when read (CPU recipe: 16 for "
-                   "stgnet, 32 for meta-rppg).")
-@click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Mixed precision: auto = float16 on CUDA, off on the CPU; on = bfloat16 on the CPU.")
-@click.option("--norm", type=click.Choice(["raw", "diffnorm", "standardized", "temporal"]), default=None,
-              help="stgnet / meta-rppg / ienet: pixel normalisation instead of the family's (raw); temporal removes "
-                   "each pixel's clip mean (CPU recipe).")
-@click.option("--hr-label", type=click.Choice(["beats", "welch"]), default="beats", show_default=True,
-              help="st2s-cnn / st2s: the segment's label HR, the median of the contact PPG's beats (closer to the "
-                   "oximeter on UBFC-rPPG) or its Welch peak.")
-def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: float, stage2_epochs: int,
-          device: str, steps: int, batch: int, lr: float, out: Path | None, subjects: str | None,
-          frames: int | None, size_px: int | None, amp: str, norm: str | None, hr_label: str) -> None:
-    """Train MODEL on a finished build.
-
-    st2s-cnn: the ST2S stage-1 CNN (HR in bpm from 64x64 ST images), leave one subject out, then per
-    subject the held-out predictions and the good/bad split as store nodes. st2s: the same, then the
-    stage-2 HOG + MLP classifier, and a table of HR per 10-s segment from stage 1 alone vs two-stage
-    (MAE, RMSE in bpm). stgnet, meta-rppg, ienet (RGB only): STEPS optimiser steps on the build's
-    clips (BVP labels), a progress bar with loss and clips/s, and a checkpoint recording the build.
-    cnn3d: Bousefsaf's 3D-CNN on the synthetic build alone, as in the paper (`rppg-prep build
-    synthetic` first; STEPS steps of BATCH 60-frame videos, noise-class videos drawn on the fly);
-    score it on real clips with `rppg-prep evaluate ubfc --checkpoint ...`.
-    """
-    import torch
-
-    pipeline = pipeline or ("synthetic" if model == "cnn3d" else "ubfc")
-    batch = batch or (32 if model == "cnn3d" else 4)
-    lr = lr or (1e-3 if model == "cnn3d" else 1e-4)
-    if model == "cnn3d":
-        from rppg_models.train import fit_cnn3d
-        from rppg_prep.errors import RppgPrepError
-
-        pipe = _load_pipeline(pipeline)
-        try:
-            res = fit_cnn3d(cache, pipe.dataset, pipe.name, steps=steps, batch=batch, lr=lr, device=device,
-                            out=out or Path(cache) / "models")
-        except (RppgPrepError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"cnn3d: {len(res['losses'])} steps on {res['device']}, loss {res['losses'][0]:.4f} -> "
-                   f"{res['losses'][-1]:.4f}, train accuracy {res['accuracy']:.2f}, {res['clips_per_s']:.0f} clips/s, "
-                   f"checkpoint {res['checkpoint']}")
-        return
-
-    if model in ("stgnet", "meta-rppg", "ienet"):
-        from rppg_models.train import TrainConfig, fit
-
-        pipe = _load_pipeline(pipeline)
-        try:
-            res = fit(model, cache, pipe.dataset, pipe.name,
-                      TrainConfig(steps=steps, batch=batch, lr=lr, frames=frames, size_px=size_px, amp=amp, norm=norm),
-                      subjects=subjects.split(",") if subjects else None, device=device,
-                      out=out or Path(cache) / "models")
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"{model}: {len(res['losses'])} steps on {res['device']}, loss {res['losses'][0]:.4f} -> "
-                   f"{res['losses'][-1]:.4f}, {res['clips_per_s']:.1f} clips/s, checkpoint {res['checkpoint']}")
-        return
-
-    from rppg_models import st2s_pipeline as P
-    from rppg_prep.errors import RppgPrepError
-
-    console = _console()
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    try:
-        pipe = _load_pipeline(pipeline)
-        with console.status("loading ST images"):
-            from rppg_prep.manifest import open_build
-
-            data = {sid: P.load_subject(sid, n, hr_label)
-                    for sid, n in open_build(cache, pipe.dataset, pipe.name).items()}
-        with console.status("stage 1: training one CNN per held-out subject") as st:
-            key, path = P.train_stage1(cache, pipe.dataset, pipe.name, P.Stage1Config(epochs=epochs, hr_label=hr_label),
-                                       data=data, device=dev,
-                                       progress=lambda i, n: st.update(f"stage 1: fold {i}/{n} done"))
-        keys = P.write_split(cache, pipe.dataset, pipe.name, key, path, threshold_bpm, data=data, hr_label=hr_label)
-    except (RppgPrepError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    console.print(f"stage-1 checkpoint {path} (key {key[:12]}); split nodes for {len(keys)} subject(s)")
-    if model == "st2s-cnn":
-        return
-    with console.status("stage 2: training the good/bad classifier per held-out subject"):
-        res = P.stage2(cache, pipe.dataset, pipe.name, keys, P.Stage2Config(epochs=stage2_epochs, hr_label=hr_label),
-                       data=data, device=dev)
-    from rich.table import Table
-
-    table = Table(title="ST2S, HR per 10-s segment, leave one subject out (bpm)")
-    for col in ("subject", "stage 1 MAE", "stage 1 RMSE", "two-stage MAE", "two-stage RMSE", "kept"):
-        table.add_column(col, justify="left" if col == "subject" else "right")
-    for sid, r in res.items():
-        e1, e2 = r["stage1_bpm"] - r["label_bpm"], r["two_stage_bpm"] - r["label_bpm"]
-        table.add_row(sid, f"{np.nanmean(np.abs(e1)):.1f}", f"{np.sqrt(np.nanmean(e1**2)):.1f}",
-                      f"{np.nanmean(np.abs(e2)):.1f}", f"{np.sqrt(np.nanmean(e2**2)):.1f}", f"{r['keep_fraction']:.0%}")
-    console.print(table)
-
-
 @main.command("datasets")
 @click.argument("name", required=False)
 def datasets_command(name: str | None) -> None:
@@ -543,7 +420,7 @@ def datasets_command(name: str | None) -> None:
     from rppg_prep.datasets import LOADERS, get_loader
     from rppg_prep.pipeline import pipeline_names
 
-    console = _console()
+    console = stderr_console()
     names = sorted(LOADERS)
     if name is not None:
         if name not in LOADERS:
@@ -581,7 +458,7 @@ class ConfigUsageError(click.ClickException):
     exit_code = 2
 
 
-def _load_pipeline(name: str):
+def load_pipeline_or_exit(name: str):
     """The pipeline NAME (a YAML path, a shipped config or a dataset's defaults); exit 2 when it is invalid."""
     from rppg_prep.errors import ConfigError
     from rppg_prep.pipeline import load_pipeline
@@ -649,7 +526,7 @@ def sample_ubfc(out: Path, n_subjects: int, duration_s: float, fps: float, seed:
 
     from rppg_prep.sample import write_ubfc_sample
 
-    with Progress(console=_console()) as bar:
+    with Progress(console=stderr_console()) as bar:
         task = bar.add_task("writing sample", total=None)
         subs = write_ubfc_sample(out, n_subjects=n_subjects, duration_s=duration_s, fps=fps, seed=seed,
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
@@ -675,6 +552,6 @@ def sample_synthetic(out: Path, videos_per_class: int, seed: int) -> None:
     """
     from rppg_prep.datasets.synthetic import write_synthetic
 
-    with _console().status("writing synthetic videos"):
+    with stderr_console().status("writing synthetic videos"):
         ids = write_synthetic(out, videos_per_class=videos_per_class, seed=seed)
     click.echo(f"wrote {len(ids)} subjects ({videos_per_class} videos each) to {out}")

@@ -39,12 +39,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rppg_prep.build import RUNNERS, NodePlan, SubjectResult, dir_bytes, plan_subject, video_pass
+from rppg_prep.build import (RUNNERS, NodePlan, SubjectResult, dir_bytes, environment_threads, plan_subject,
+                             video_pass)
 from rppg_prep.datasets import Subject
 from rppg_prep.pipeline import ORDER, Pipeline
 from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
 from rppg_prep.manifest import read_manifest, record_build
-from rppg_prep.store import node_bytes, node_exists, node_lock, open_node
+from rppg_prep.store import node_attrs, node_bytes, node_exists, node_lock, open_node
 
 __all__ = ["run_build", "subject_status", "gc", "VIDEO_STAGES", "TASK_STAGES"]
 
@@ -111,6 +112,7 @@ def run_task(task: str, pipe: Pipeline, subject: Subject, cache: str, plan: dict
     builds what is still missing. Never raises for bad input or bugs in a stage.
     """
     _inject_fault(task, subject)
+    environment_threads()  # again in this process: a dask.distributed worker is a process of its own
     # a video task's only upstream is the previous video pass of its lane: an ordering edge, not data
     bad = [] if task == "video" else [u for u in upstream if u.status != "ok"]
     if bad:
@@ -278,7 +280,7 @@ def _finalize(result: SubjectResult, plan: dict[str, NodePlan] | None) -> Subjec
     result.ran.sort(key=ORDER.index)
     if plan is not None and result.status == "ok":
         if not result.frames and node_exists(plan["decode"].path):
-            result.frames = int(open_node(plan["decode"].path).attrs["n_frames"])
+            result.frames = int(node_attrs(plan["decode"].path)["n_frames"])
         result.bytes = sum(node_bytes(p.path) for p in plan.values())
     return result
 
@@ -352,6 +354,9 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
         if remaining[out.subject] == 0:
             done(out.subject)
 
+    for subj, plan in [(s, p) for s, p in plans if all(n.fresh for n in p.values())]:
+        done(subj.id)  # nothing to run: no task, no scheduler (a no-op rebuild stays fast)
+    plans = [(s, p) for s, p in plans if not all(n.fresh for n in p.values())]
     if plans:
         threads = scheduler == "threads"
         lanes = machine_lanes()[0] if threads else None

@@ -21,15 +21,15 @@ Models followed:
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from rppg_prep.store import atomic_write
 
 __all__ = ["FaceRecording", "SampleSubject", "write_ubfc_sample", "default_sample_dir", "ensure_ubfc_sample",
            "GENERATOR_VERSION", "SAMPLE_HR_BPM"]
@@ -315,19 +315,10 @@ def ensure_ubfc_sample(cache: str | Path) -> Path:
     target = default_sample_dir(cache)
     if (target / _MARKER).exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_write(target, complete=lambda p: (p / _MARKER).exists()) as tmp:
         subjects = write_ubfc_sample(tmp)
         meta = {"generator_version": GENERATOR_VERSION, "subjects": {s.id: s.hr_bpm for s in subjects}}
         (tmp / _MARKER).write_text(json.dumps(meta, indent=1) + "\n")
         if target.exists() and not (target / _MARKER).exists():
             shutil.rmtree(target)  # left by an older, interrupted layout; never complete
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / _MARKER).exists():  # another process finishing first is fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

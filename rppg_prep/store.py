@@ -15,19 +15,21 @@ leaves the old node or none, never a half node that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import zarr
 from filelock import FileLock
-from zarr.codecs import BloscCodec, BloscShuffle
 
 from rppg_prep.errors import StoreError
 
@@ -45,8 +47,11 @@ __all__ = [
 ]
 
 #: zstd level 1 with bit-shuffle: the best speed/size trade-off measured on decoded video frames
-PIXEL_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle=BloscShuffle.bitshuffle)
-SIGNAL_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)
+PIXEL_CODEC = {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"}
+SIGNAL_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
+
+if TYPE_CHECKING:  # zarr is imported where nodes are opened or written: a no-op rebuild only reads JSON
+    import zarr
 
 
 def dataset_store(cache: str | Path, dataset: str) -> Path:
@@ -59,31 +64,81 @@ def node_path(cache: str | Path, dataset: str, subject: str, stage: str, key: st
     return dataset_store(cache, dataset) / subject / f"{stage}-{key[:12]}"
 
 
+@contextlib.contextmanager
+def atomic_write(target: str | Path, *, complete: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Write a file or folder atomically: write the yielded temporary sibling, and it replaces ``target``.
+
+    The one write-then-rename helper of the package (zarr's ``_atomic_write`` idea): readers see
+    the old ``target`` or the new one, never a half-written one. When the block raises, the
+    temporary path is removed and ``target`` is untouched.
+
+    Parameters
+    ----------
+    target : str or Path
+        The final file or folder; its parent is created.
+    complete : callable (Path) -> bool, optional
+        For a folder: whether an existing ``target`` is already complete. Renaming onto a
+        non-empty folder fails; when ``complete(target)`` says another process finished it first,
+        that is success and the temporary folder is discarded.
+
+    Yields
+    ------
+    Path
+        ``<parent>/.<name>.<pid>-<random>``: write the file, or create and fill the folder, here.
+
+    Raises
+    ------
+    OSError
+        The rename failed (and ``target`` is not a complete folder), or the disk is full.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if complete is None or not complete(target):
+                raise
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink(missing_ok=True)
+
+
 def _ensure_group(path: Path, attrs: dict[str, Any] | None = None) -> None:
     if not (path / "zarr.json").exists():
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / f".zarr.json.{uuid.uuid4().hex}"
-        meta = {"zarr_format": 3, "node_type": "group", "attributes": attrs or {}}
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, path / "zarr.json")
+        with atomic_write(path / "zarr.json") as tmp:
+            tmp.write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs or {}}))
+
+
+def node_attrs(path: str | Path) -> dict[str, Any]:
+    """The attributes of the node group at ``path`` (read from its ``zarr.json``; no zarr import).
+
+    Returns
+    -------
+    dict
+        Empty when there is no node or its metadata is unreadable.
+    """
+    try:
+        return dict(json.loads((Path(path) / "zarr.json").read_text())["attributes"])
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def node_exists(path: Path) -> bool:
     """True when a complete node is at ``path``."""
-    meta = path / "zarr.json"
-    if not meta.exists():
-        return False
-    try:
-        return bool(json.loads(meta.read_text())["attributes"].get("complete", False))
-    except (ValueError, KeyError):
-        return False
+    return bool(node_attrs(path).get("complete", False))
 
 
 def node_bytes(path: Path) -> int:
     """Bytes on disk of a committed node (recorded at commit; 0 when there is no node)."""
     try:
-        return int(json.loads((Path(path) / "zarr.json").read_text())["attributes"].get("bytes", 0))
-    except (FileNotFoundError, ValueError, KeyError):
+        return int(node_attrs(path).get("bytes", 0))
+    except (TypeError, ValueError):
         return 0
 
 
@@ -98,6 +153,8 @@ def open_node(path: str | Path) -> zarr.Group:
     path = Path(path)
     if not node_exists(path):
         raise StoreError("no complete node here; run `rppg-prep build` first", path=path)
+    import zarr
+
     return zarr.open_group(str(path), mode="r")
 
 
@@ -124,6 +181,8 @@ class NodeWriter:
         self.attrs = dict(attrs)
         self._t0 = time.perf_counter()
         self.tmp.mkdir(parents=True)
+        import zarr
+
         self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
         self.arrays: dict[str, zarr.Array] = {}
 
@@ -131,7 +190,9 @@ class NodeWriter:
                unit: str = "", axes: tuple[str, ...] = (), doc: str = "", fill_value: Any = 0) -> zarr.Array:
         """Create an array in the node (shape may start at 0 along axis 0 and grow by :meth:`append`)."""
         dtype = np.dtype(dtype)
-        codec = PIXEL_CODEC if dtype == np.uint8 else SIGNAL_CODEC
+        from zarr.codecs import BloscCodec
+
+        codec = BloscCodec(**(PIXEL_CODEC if dtype == np.uint8 else SIGNAL_CODEC))
         arr = self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, compressors=codec,
                                       fill_value=fill_value, dimension_names=axes or None,
                                       attributes={"unit": unit, "doc": doc})
@@ -209,11 +270,8 @@ def file_lock(path: str | Path) -> FileLock:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to ``path`` through a temporary sibling and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
 def fingerprint(path: str | Path, cache: str | Path) -> str:

@@ -95,7 +95,9 @@ def test_knn_includes_self_and_arconv_interleaves():
 
 
 def test_drop_path():
-    dp = stgnet.DropPath(0.25)
+    from rppg_models.layers import DropPath
+
+    dp = DropPath(0.25)
     x = torch.ones(4000, 3)
     assert torch.equal(dp.eval()(x), x)
     y = dp.train()(x)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import re
-from pathlib import Path
 from types import ModuleType
 
 from rppg_prep.subject import Subject, Truth

@@ -25,9 +25,6 @@ i, on the 30-fps frame clock.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -106,17 +103,10 @@ def ensure_synthetic(cache: str | Path) -> Path:
     target = Path(cache) / "samples" / f"synthetic-v{VERSION}"
     if (target / _META).exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    from rppg_prep.store import atomic_write
+
+    with atomic_write(target, complete=lambda p: (p / _META).exists()) as tmp:
         write_synthetic(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / _META).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

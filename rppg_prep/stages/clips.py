@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from rppg_prep.errors import ConfigError
@@ -94,6 +93,8 @@ def iter_clips(read_frames: Callable[[int, int], np.ndarray], windows: np.ndarra
     ------
     ndarray of uint8, shape (L, size_px, size_px, 3)
     """
+    import cv2  # here, not at import: declaring the stage must stay cheap (a no-op rebuild)
+
     buf: dict[int, np.ndarray] = {}
     loaded = 0
     for start, stop in windows:

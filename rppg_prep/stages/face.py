@@ -19,7 +19,6 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from rppg_prep.errors import ConfigError
@@ -136,6 +135,8 @@ def crop_square(frame: np.ndarray, x0: int, y0: int, side: int, size_px: int) ->
     >>> crop_square(np.full((4, 4, 3), 9, np.uint8), -2, -2, 4, 4)[:, :, 0].tolist()
     [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 9, 9], [0, 0, 9, 9]]
     """
+    import cv2  # here, not at import: declaring the stage must stay cheap (a no-op rebuild)
+
     h, w = frame.shape[:2]
     ax0, ay0 = max(x0, 0), max(y0, 0)
     ax1, ay1 = min(x0 + side, w), min(y0 + side, h)

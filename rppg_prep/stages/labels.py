@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rppg_prep import pulse
 from rppg_prep.subject import Truth
 from rppg_prep.errors import ConfigError, GroundTruthError
 from rppg_prep.stage import ArraySpec, Stage
@@ -176,6 +175,8 @@ def frame_clock(truth: Truth, t_container_s: np.ndarray) -> tuple[np.ndarray, st
 def _windows_on_uniform_grid(t_src: np.ndarray, ppg: np.ndarray, t_frames_s: np.ndarray, windows: np.ndarray,
                              fps: float, band_hz) -> tuple[np.ndarray, np.ndarray]:
     """HR (bpm) and SNR (dB) per window from the contact signal on an even grid over each window's time span."""
+    from rppg_prep import pulse  # scipy.signal: imported when labels are made, not when declared
+
     hr, snr = np.full(len(windows), np.nan), np.full(len(windows), np.nan)
     for i, (a, b) in enumerate(windows):
         if b - a < 2:
@@ -219,6 +220,8 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     GroundTruthError
         If the PPG does not cover the video (more than ``max_missing_frames`` short).
     """
+    from rppg_prep import pulse  # scipy.signal: imported when labels are made, not when declared
+
     t_container_s = np.asarray(t_frames_s, dtype=np.float64)
     notes = _check_cover(truth, t_container_s, params.max_missing_frames, subject, path)
     t_frames_s, clock = frame_clock(truth, t_container_s)

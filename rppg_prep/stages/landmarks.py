@@ -18,7 +18,6 @@ import logging
 import warnings
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from rppg_prep.errors import ConfigError
@@ -106,6 +105,8 @@ class HaarDetector:
     """OpenCV Haar cascade on a half-size grey frame; returns the largest box's corners."""
 
     def __init__(self, params: LandmarkParams):
+        import cv2
+
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         self._cascade = cv2.CascadeClassifier(path)
         if self._cascade.empty():
@@ -113,6 +114,8 @@ class HaarDetector:
         self.n_landmarks = 4
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
+        import cv2
+
         grey = cv2.cvtColor(cv2.resize(rgb, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
         faces = self._cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(30, 30))
         if len(faces) == 0:
