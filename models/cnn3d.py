@@ -51,6 +51,10 @@ from torch import nn
 from rppg_prep.pseudo_ppg import (CLASS_BPM, HR_CLASSES_BPM, N_CLASSES, N_HR_CLASSES, NOISE_BPM,  # noqa: F401
                                   NOISE_CLASS, bpm_to_class, class_to_bpm)
 
+__all__ = ["Cnn3d", "make_optimizer", "predict_proba", "hr_from_logits", "reduce_hr_map", "predict_map",
+           "bpm_to_class", "class_to_bpm", "LENGTH", "PATCH", "N_CLASSES", "N_HR_CLASSES",
+           "NOISE_CLASS", "HR_CLASSES_BPM"]
+
 LENGTH = 60  #: frames per input window (2 s at 30 fps)
 PATCH = 25  #: patch side, px
 

@@ -520,6 +520,5 @@ def hr_loss(hr_pred: torch.Tensor, hr_gt: torch.Tensor, weight: float = 0.4) -> 
     return weight * F.l1_loss(hr_pred, hr_gt.reshape(hr_pred.shape).to(hr_pred.dtype))
 
 
-__all__ = ["Ienet", "CetBackbone", "RppgHead", "FrequencyEnhancedEstimator", "mdef_fusion",
-           "normalised_psd", "frequency_mask_hr", "neg_pearson", "frequency_loss", "rppg_loss", "hr_loss",
+__all__ = ["Ienet", "rppg_loss", "hr_loss", "frequency_loss", "neg_pearson", "normalised_psd", "frequency_mask_hr",
            "REFERENCE_USED_PARAMS", "CET_BRANCH_PARAMS"]

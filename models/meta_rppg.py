@@ -53,6 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["MetaRppg", "adapt", "window_preprocess", "ordinal_targets", "ordinal_loss", "proto_loss",
+           "synthetic_gradient_loss", "WIN_SIZE", "INPUT_SIZE"]
+
 WIN_SIZE = 60  #: frames per window (T)
 INPUT_SIZE = 64  #: side of the square face crop, px
 N_LEVELS = 40  #: ordinal levels / thresholds per frame

@@ -27,6 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+__all__ = ["St2sCnn", "St2sClassifier", "st_to_tensor", "hog_features", "good_bad_labels", "fit_regressor",
+           "predict_hr", "fit_classifier", "predict_keep", "segment_hr", "HOG_LENGTH"]
+
 INPUT_SIZE = 64  #: side of the square image the CNN reads, px
 HOG_SIZE = 128  #: side of the square image HOG is computed on, px
 HOG_LENGTH = 34020  #: default OpenCV HOG length of a 128x128 image (9 windows x 3,780)

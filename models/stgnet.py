@@ -48,6 +48,8 @@ from torch import nn
 
 from rppg_models.layers import DropPath
 
+__all__ = ["Stgnet", "neg_pearson_loss", "FRAMES", "SIZE"]
+
 FRAMES = 160  #: clip length (frames) of the reference
 SIZE = 64  #: face crop side, px
 CHANNELS = 64  #: feature channels of the graph module

@@ -28,7 +28,7 @@ __all__ = ["Family", "FAMILIES", "TrainConfig", "fit", "fit_cnn3d", "fit_cnn3d_s
 class Family:
     """How a model family reads a build and learns from it.
 
-    Attributes
+    Parameters
     ----------
     build : callable (frames=None, size_px=None) -> nn.Module
         The model; ``frames`` / ``size_px`` other than None ask for a reduced input (clip length,
@@ -110,7 +110,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {"stgnet": _stgnet, "meta-rppg": _me
 class TrainConfig:
     """Training settings (recorded in the checkpoint).
 
-    Attributes
+    Parameters
     ----------
     steps : int
         Optimiser steps.

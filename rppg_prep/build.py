@@ -47,7 +47,21 @@ ProgressFn = Callable[[str, str, int, int], None]
 
 @dataclass
 class NodePlan:
-    """One node of a subject's plan."""
+    """One node of a subject's plan.
+
+    Parameters
+    ----------
+    stage : str
+        Stage name.
+    key : str
+        The node's 64-hex content key.
+    path : Path
+        Where the node lives (:func:`rppg_prep.store.node_path`).
+    fresh : bool
+        A complete node with this key exists.
+    force : bool
+        Recompute it even so (``--force``).
+    """
 
     stage: str
     key: str
@@ -58,7 +72,34 @@ class NodePlan:
 
 @dataclass
 class SubjectResult:
-    """What happened to one subject in a build."""
+    """What happened to one subject in a build (one record of the manifest).
+
+    Parameters
+    ----------
+    subject : str
+        Subject id.
+    status : {"ok", "failed"}
+    failed_stage : str, optional
+        The stage that failed (or was skipped first).
+    error : str, optional
+        The error, naming the subject and file.
+    frames : int
+        Frames decoded.
+    seconds : float
+        Wall-clock time of the tasks that ran, s.
+    bytes : int
+        Bytes on disk of the subject's nodes.
+    ran : list of str
+        Stages computed in this build (the rest were fresh).
+    nodes : dict
+        stage -> ``{"key": ..., "path": ...}`` (path relative to the cache).
+    notes : list of str
+        Warnings worth reading (face gaps, filled frame times, clock drift).
+    traceback : list of str
+        The last lines of the traceback of a failure.
+    input_file : str, optional
+        The file that caused a failure.
+    """
 
     subject: str
     status: str = "ok"
@@ -84,6 +125,20 @@ def _truth_files(subject: Subject, cache: Path) -> dict[str, str]:
 
 def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[str, NodePlan]:
     """Key every node of ``subject`` and say which already exist.
+
+    Parameters
+    ----------
+    pipe : Pipeline
+        The resolved pipeline.
+    subject : Subject
+        One subject of ``pipe.dataset``.
+    cache : str or Path
+        Store root.
+
+    Returns
+    -------
+    dict of str to NodePlan
+        Stage -> its node, for every core stage in :data:`rppg_prep.pipeline.ORDER`.
 
     Raises
     ------
@@ -152,7 +207,28 @@ def _gaps(valid: np.ndarray, t_s: np.ndarray) -> list[tuple[float, float]]:
 
 def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,
                 progress: ProgressFn) -> None:
-    """Stream the video once and write whichever of decode / landmarks / face are missing."""
+    """Stream the video once and write whichever of decode / landmarks / face are missing.
+
+    Parameters
+    ----------
+    pipe : Pipeline
+        The resolved pipeline (landmarks and face params).
+    subject : Subject
+        The subject whose frames are read (:func:`rppg_prep.datasets.open_source`).
+    plan : dict of str to NodePlan
+        From :func:`plan_subject`; fresh nodes are read, not rewritten.
+    res : SubjectResult
+        Updated in place: ``frames``, ``ran`` and ``notes``.
+    progress : callable (subject, stage, done, total)
+        Called after every batch of frames.
+
+    Raises
+    ------
+    VideoDecodeError
+        The frames cannot be decoded.
+    FaceNotFoundError
+        Fewer than ``face.min_valid_fraction`` of the frames have a tracked face.
+    """
     from rppg_prep.sources import repair_times
 
     need = {s: not plan[s].fresh for s in ("decode", "landmarks", "face")}

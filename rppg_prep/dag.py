@@ -309,6 +309,12 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
     on_result : callable (SubjectResult), optional
         Called as each subject finishes.
 
+    Returns
+    -------
+    list of SubjectResult
+        One per subject, in the order given; a failed subject names its stage, error and file,
+        and never stops the others.
+
     Raises
     ------
     ConfigError
@@ -386,12 +392,22 @@ def _why_stale(old_attrs: dict[str, Any], pipe: Pipeline, stage: str, plan: dict
 
 
 def subject_status(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[str, tuple[str, str]]:
-    """Per stage of ``subject``: (fresh | stale | missing | failed, reason) for the current config.
+    """Per stage of ``subject``: whether its node is fresh for the current config, and why not.
 
-    Raises
-    ------
-    StoreError
-        Never for a missing build: stages are then ``missing``.
+    Parameters
+    ----------
+    pipe : Pipeline
+        The resolved pipeline.
+    subject : Subject
+        One subject of ``pipe.dataset``.
+    cache : str or Path
+        Store root.
+
+    Returns
+    -------
+    dict of str to (str, str)
+        Stage -> (``fresh`` | ``stale`` | ``missing`` | ``failed``, reason): a stale node names the
+        params or upstream nodes that changed; a failed one carries the recorded error.
     """
     try:
         rec = read_manifest(cache, pipe.dataset, pipe.name).get("subjects", {}).get(subject.id, {})
@@ -443,10 +459,19 @@ def _node_dirs(cache: Path) -> Iterator[Path]:
 def gc(cache: str | Path, *, dry_run: bool = False) -> tuple[list[Path], int]:
     """Remove nodes that no build manifest references, and partial nodes no build is writing.
 
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dry_run : bool
+        List what would be removed and remove nothing.
+
     Returns
     -------
     removed : list of Path
+        Node and partial folders removed (or that would be).
     bytes_freed : int
+        Their size on disk.
     """
     cache = Path(cache)
     refs = _referenced(cache)

@@ -34,12 +34,32 @@ __all__ = ["manifest_path", "read_manifest", "record_build", "record_nodes", "bu
 
 
 def manifest_path(cache: str | Path, dataset: str, pipeline: str) -> Path:
-    """Path of the build manifest of ``pipeline`` over ``dataset``: ``cache/<dataset>.builds/<pipeline>.json``."""
+    """Path of the build manifest of ``pipeline`` over ``dataset``.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
+        Loader name and pipeline name.
+
+    Returns
+    -------
+    Path
+        ``cache/<dataset>.builds/<pipeline>.json``.
+    """
     return Path(cache) / f"{dataset}.builds" / f"{pipeline}.json"
 
 
 def read_manifest(cache: str | Path, dataset: str, pipeline: str) -> dict[str, Any]:
     """Read a build manifest.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
+        Loader name and pipeline name.
 
     Returns
     -------
@@ -188,6 +208,18 @@ def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict
     Only subjects whose build succeeded are returned, in natural order (``subject3`` before
     ``subject10``), as the build ran them. The stages are the core ones and any derived node the
     manifest records (``st2s_pred``, ``split``).
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
+        Loader name and pipeline name.
+
+    Returns
+    -------
+    dict of str to dict of str to zarr.Group
+        E.g. ``build["subject3"]["clips"]["clips"]`` is a (N, L, S, S, 3) uint8 array.
 
     Raises
     ------

@@ -34,7 +34,7 @@ PIPELINES_PACKAGE = "rppg_prep.pipelines"
 class Pipeline:
     """A resolved pipeline config.
 
-    Attributes
+    Parameters
     ----------
     name : str
         Pipeline name (the manifest is ``<dataset>.builds/<name>.json``).
@@ -58,12 +58,29 @@ class Pipeline:
 
 
 def pipeline_names() -> list[str]:
-    """Names of the pipeline configs shipped with the package, sorted."""
+    """Names of the pipeline configs shipped with the package.
+
+    Returns
+    -------
+    list of str
+        Sorted, e.g. ``["cohface", ..., "ubfc", ...]``.
+    """
     return sorted(p.name[:-5] for p in files(PIPELINES_PACKAGE).iterdir() if p.name.endswith(".yaml"))
 
 
 def pipeline_file(name: str) -> Path | None:
-    """The shipped config of pipeline ``name`` (``<package>/pipelines/<name>.yaml``), None when there is none."""
+    """The shipped config of pipeline ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A pipeline name, e.g. ``"ubfc"``.
+
+    Returns
+    -------
+    Path or None
+        ``<package>/pipelines/<name>.yaml``; None when none is shipped.
+    """
     res = files(PIPELINES_PACKAGE) / f"{name}.yaml"
     return Path(str(res)) if res.is_file() else None
 
@@ -75,6 +92,9 @@ def _is_path(spec: str | Path) -> bool:
 def load_pipeline(spec: str | Path | None = None, *, dataset: str = "ubfc") -> Pipeline:
     """Resolve a pipeline.
 
+    The YAML holds ``name``, ``dataset`` and ``stages: {stage: {param: value}}``; parameters left
+    out take the stage's defaults.
+
     Parameters
     ----------
     spec : str or Path, optional
@@ -83,9 +103,6 @@ def load_pipeline(spec: str | Path | None = None, *, dataset: str = "ubfc") -> P
         None: the stage defaults for ``dataset``.
     dataset : str
         Dataset of a ``spec=None`` pipeline.
-
-    The YAML holds ``name``, ``dataset`` and ``stages: {stage: {param: value}}``; parameters left
-    out take the stage's defaults.
 
     Returns
     -------

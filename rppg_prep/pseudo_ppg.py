@@ -67,12 +67,33 @@ NOISE_CLASS_SD = 1.0 / 50.0  #: N(0, 1)/50 per pixel, noise videos
 
 
 def class_to_bpm(classes) -> np.ndarray:
-    """Class indices (any shape) -> bpm (float), the noise class -> -1."""
+    """Class indices -> HR in bpm.
+
+    Parameters
+    ----------
+    classes : array_like of int
+        Any shape; values in [0, 75].
+
+    Returns
+    -------
+    ndarray of float
+        Same shape; the noise class (75) gives -1.
+    """
     return CLASS_BPM[np.asarray(classes)]
 
 
 def bpm_to_class(bpm) -> np.ndarray:
-    """HR in bpm (any shape) -> nearest HR class (int64); values outside [55, 240] clip to the ends.
+    """HR in bpm -> the nearest of the 75 HR classes.
+
+    Parameters
+    ----------
+    bpm : array_like of float
+        Any shape; values outside [55, 240] clip to the end classes.
+
+    Returns
+    -------
+    ndarray of int64
+        Same shape, values in [0, 74].
 
     Raises
     ------

@@ -27,7 +27,7 @@ KEY_LEN = 64
 class ArraySpec:
     """One array a stage writes.
 
-    Attributes
+    Parameters
     ----------
     name : str
         Array name inside the node group.
@@ -52,7 +52,7 @@ class ArraySpec:
 class Stage:
     """Declaration of a pipeline stage.
 
-    Attributes
+    Parameters
     ----------
     name : str
     version : str
@@ -93,6 +93,16 @@ def _plain(obj: Any) -> Any:
 
 def canonical_json(obj: Any) -> str:
     """Serialise ``obj`` to canonical JSON (sorted keys, no spaces, tuples as lists).
+
+    Parameters
+    ----------
+    obj : Any
+        Dataclasses, dicts, lists, tuples, enums, paths, finite floats, ints, strings, None.
+
+    Returns
+    -------
+    str
+        The same text for equal values, whatever their order or container type.
 
     Raises
     ------
@@ -139,6 +149,18 @@ def params_from_dict(cls: type, values: dict[str, Any] | None) -> Any:
     """Build a params dataclass from a config mapping, casting numbers to the declared field types.
 
     YAML ``1`` and CLI ``1.0`` then give the same key.
+
+    ``cls`` is the frozen params dataclass (``Stage.params``) to build.
+
+    Parameters
+    ----------
+    values : dict, optional
+        Parameter name -> value; missing ones take the defaults.
+
+    Returns
+    -------
+    dataclass instance
+        ``cls(**values)`` with the values cast.
 
     Raises
     ------

@@ -55,12 +55,40 @@ if TYPE_CHECKING:  # zarr is imported where nodes are opened or written: a no-op
 
 
 def dataset_store(cache: str | Path, dataset: str) -> Path:
-    """Path of the zarr group of ``dataset`` under ``cache``."""
+    """Path of the zarr group of ``dataset`` under ``cache``.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset : str
+        Loader name, e.g. ``"ubfc"``.
+
+    Returns
+    -------
+    Path
+        ``cache/<dataset>.zarr``.
+    """
     return Path(cache) / f"{dataset}.zarr"
 
 
 def node_path(cache: str | Path, dataset: str, subject: str, stage: str, key: str) -> Path:
-    """Final path of node (stage, subject) with content key ``key``."""
+    """Final path of node (``stage``, ``subject``) with content key ``key``.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, subject, stage : str
+        Loader name, subject id and stage name.
+    key : str
+        The node's 64-hex content key (:func:`rppg_prep.stage.node_key`).
+
+    Returns
+    -------
+    Path
+        ``cache/<dataset>.zarr/<subject>/<stage>-<key[:12]>``.
+    """
     return dataset_store(cache, dataset) / subject / f"{stage}-{key[:12]}"
 
 
@@ -118,6 +146,11 @@ def _ensure_group(path: Path, attrs: dict[str, Any] | None = None) -> None:
 def node_attrs(path: str | Path) -> dict[str, Any]:
     """The attributes of the node group at ``path`` (read from its ``zarr.json``; no zarr import).
 
+    Parameters
+    ----------
+    path : str or Path
+        A node folder.
+
     Returns
     -------
     dict
@@ -130,12 +163,34 @@ def node_attrs(path: str | Path) -> dict[str, Any]:
 
 
 def node_exists(path: Path) -> bool:
-    """True when a complete node is at ``path``."""
+    """True when a complete node is at ``path``.
+
+    Parameters
+    ----------
+    path : Path
+        A node folder.
+
+    Returns
+    -------
+    bool
+        Its ``complete`` attribute, written last by :meth:`NodeWriter.commit` (False when absent).
+    """
     return bool(node_attrs(path).get("complete", False))
 
 
 def node_bytes(path: Path) -> int:
-    """Bytes on disk of a committed node (recorded at commit; 0 when there is no node)."""
+    """Bytes on disk of a committed node, recorded at commit.
+
+    Parameters
+    ----------
+    path : Path
+        A node folder.
+
+    Returns
+    -------
+    int
+        0 when there is no node.
+    """
     try:
         return int(node_attrs(path).get("bytes", 0))
     except (TypeError, ValueError):
@@ -144,6 +199,16 @@ def node_bytes(path: Path) -> int:
 
 def open_node(path: str | Path) -> zarr.Group:
     """Open a committed node read-only.
+
+    Parameters
+    ----------
+    path : str or Path
+        A node folder.
+
+    Returns
+    -------
+    zarr.Group
+        Its arrays (``group[name]``) and provenance attributes (``group.attrs``).
 
     Raises
     ------
@@ -162,7 +227,8 @@ class NodeWriter:
     """Write one node into a private temporary folder, then commit it atomically.
 
     Use as a context manager: the node is committed when the block exits normally and removed
-    when it raises.
+    when it raises. Arrays are zarr v3, Blosc-zstd compressed (level 1 with bit-shuffle for uint8
+    pixels, level 3 with byte-shuffle for signals).
 
     Parameters
     ----------
@@ -170,6 +236,14 @@ class NodeWriter:
         Where the node will live (from :func:`node_path`).
     attrs : dict
         Provenance attributes (key, stage, version, params, inputs, files...).
+    replace : bool
+        Replace a node already at ``final`` (``--force``); otherwise an existing node wins, since
+        the same key means the same content.
+
+    Raises
+    ------
+    OSError
+        The temporary folder under ``cache/.partial`` cannot be created (read-only or full disk).
     """
 
     def __init__(self, final: Path, attrs: dict[str, Any], *, replace: bool = False):
@@ -255,21 +329,60 @@ class NodeWriter:
 
 
 def node_lock(cache: str | Path, key: str, *, timeout_s: float = -1) -> FileLock:
-    """Inter-process lock of node ``key`` (a file under ``cache/.locks``; released if the holder dies)."""
+    """Inter-process lock of node ``key`` (a file under ``cache/.locks``; released if the holder dies).
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    key : str
+        The node's content key.
+    timeout_s : float
+        Seconds to wait; -1 waits for ever, 0 fails at once.
+
+    Returns
+    -------
+    filelock.FileLock
+        Use as a context manager; raises ``filelock.Timeout`` when the wait runs out.
+    """
     path = Path(cache) / ".locks" / f"{key}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path), timeout=timeout_s)
 
 
 def file_lock(path: str | Path) -> FileLock:
-    """Inter-process lock guarding a read-modify-write of ``path``."""
+    """Inter-process lock guarding a read-modify-write of ``path`` (the lock file is ``<path>.lock``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to guard.
+
+    Returns
+    -------
+    filelock.FileLock
+        Use as a context manager.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path.with_name(path.name + ".lock")))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary sibling and ``os.replace``."""
+    """Write ``obj`` as JSON (indented, sorted keys) to ``path`` through :func:`atomic_write`.
+
+    Parameters
+    ----------
+    path : Path
+        Target file; its parent is created.
+    obj : Any
+        JSON-serialisable; other values are written as ``str(value)``.
+
+    Raises
+    ------
+    OSError
+        The disk is full or the folder is not writable; ``path`` is then unchanged.
+    """
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
 
@@ -281,6 +394,18 @@ def fingerprint(path: str | Path, cache: str | Path) -> str:
     iBVP) hashes the relative name and bytes of every file under it in sorted order, memoised on a
     digest of its listing (names, sizes, mtimes). Keys follow the bytes, not the name: a copied or
     touched-but-identical input keeps its key (as in DVC).
+
+    Parameters
+    ----------
+    path : str or Path
+        A raw input: a video, a ground-truth file or a frame folder.
+    cache : str or Path
+        Store root holding the memo.
+
+    Returns
+    -------
+    str
+        64 lowercase hex characters.
 
     Raises
     ------

@@ -19,7 +19,7 @@ __all__ = ["Subject", "Truth"]
 class Subject:
     """One recording of a dataset: a video and its ground-truth files.
 
-    Attributes
+    Parameters
     ----------
     dataset : str
         Loader name, e.g. ``"ubfc"``.
@@ -44,7 +44,7 @@ class Subject:
 class Truth:
     """Ground truth of one subject on its own (PPG) clock.
 
-    Attributes
+    Parameters
     ----------
     ppg : ndarray of float64, shape (n,)
         Contact PPG, arbitrary units.

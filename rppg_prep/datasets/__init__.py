@@ -47,6 +47,17 @@ def natural_key(text: str) -> list[object]:
 def get_loader(name: str) -> ModuleType:
     """Import and return the loader module of dataset ``name``.
 
+    Parameters
+    ----------
+    name : str
+        A key of :data:`LOADERS`, e.g. ``"ubfc"``, ``"pure"``.
+
+    Returns
+    -------
+    ModuleType
+        The loader: ``find_subjects(root)``, ``read_truth(subject)``, ``LAYOUT`` and, for frames that
+        are not a plain video, ``open_frames(subject)``.
+
     Raises
     ------
     KeyError
