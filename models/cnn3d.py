@@ -59,7 +59,13 @@ LENGTH = 60  #: frames per input window (2 s at 30 fps)
 PATCH = 25  #: patch side, px
 
 class Cnn3d(nn.Module):
-    """The 3D-CNN: Conv3d(1->32, 58x20x20) -> MaxPool 2 -> ReLU -> Dropout -> FC 512 -> FC 76 logits."""
+    """The 3D-CNN: Conv3d(1->32, 58x20x20) -> MaxPool 2 -> ReLU -> Dropout -> FC 512 -> FC 76 logits.
+
+    Parameters
+    ----------
+    dropout : float
+        Dropout before the first fully connected layer.
+    """
 
     def __init__(self, dropout: float = 0.2):
         super().__init__()
@@ -100,12 +106,32 @@ class Cnn3d(nn.Module):
 
 
 def make_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Adam:
-    """Adam with Keras' defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-7), as the reference."""
+    """Adam with Keras' defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-7), as the reference.
+
+    Parameters
+    ----------
+    model : nn.Module
+    lr : float
+
+    Returns
+    -------
+    torch.optim.Adam
+    """
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-7)
 
 
 def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Softmax class probabilities (B, 76), eval mode, no grad (the model's mode is restored)."""
+    """Softmax class probabilities (B, 76), eval mode, no grad (the model's mode is restored).
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : torch.Tensor, shape (B, 1, 60, 25, 25)
+
+    Returns
+    -------
+    torch.Tensor, shape (B, 76)
+    """
     was_training = model.training
     model.eval()
     try:
@@ -116,7 +142,17 @@ def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def hr_from_logits(logits) -> np.ndarray:
-    """(..., 76) logits or probabilities (torch or numpy) -> (...) bpm of the argmax class; noise -> -1."""
+    """(..., 76) logits or probabilities (torch or numpy) -> (...) bpm of the argmax class; noise -> -1.
+
+    Parameters
+    ----------
+    logits : torch.Tensor or ndarray, shape (..., 76)
+
+    Returns
+    -------
+    ndarray of float, shape (...)
+        bpm; the noise class gives -1.
+    """
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().cpu().numpy()
     logits = np.asarray(logits)
@@ -131,6 +167,18 @@ def reduce_hr_map(prob_map, mask=None) -> np.ndarray:
     [INFERRED, the code does not reduce the map]: per window, mean of the softmax over the patch
     positions (only those where ``mask`` (Y, X) is true, e.g. skin), noise class dropped, argmax over
     the 75 HR classes; -1 when every considered patch's argmax is the noise class.
+
+    Parameters
+    ----------
+    prob_map : ndarray, shape (W, Y, X, 76)
+        Softmax per window and patch position (:func:`predict_map`).
+    mask : ndarray of bool, shape (Y, X), optional
+        Patch positions to use.
+
+    Returns
+    -------
+    ndarray of float, shape (W,)
+        HR per window, bpm; -1 for noise.
 
     Raises
     ------
@@ -159,6 +207,21 @@ def predict_map(model: nn.Module, frames, *, rng: np.random.Generator | None = N
     Per patch position (stride ``patch_stride``; the reference uses 1) the 625 pixels of each frame
     are shuffled independently (the reference's random pixel location) if ``rng`` is given, then
     every window (stride ``time_stride``) minus its own mean is classified.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained :class:`Cnn3d`.
+    frames : ndarray
+        (T, H, W) G channel in [0, 1], or (T, H, W, 3) uint8 RGB.
+    rng : numpy.random.Generator, optional
+        Shuffles the pixels of each patch when given.
+    patch_stride : int
+        Patch step, px.
+    time_stride : int
+        Window step, frames.
+    batch_size : int
+        Patches per forward pass.
 
     Returns
     -------

@@ -136,6 +136,15 @@ def _label(bvp: np.ndarray, how: str) -> np.ndarray:
 def subject_folds(subjects: list[str], n_folds: int, fold: int) -> tuple[list[str], list[str]]:
     """Subject-disjoint split: subject i (in the given, natural order) is tested in fold i mod n_folds.
 
+    Parameters
+    ----------
+    subjects : list of str
+        Subject ids in natural order.
+    n_folds : int
+        Number of folds, >= 2.
+    fold : int
+        The fold wanted, in [0, n_folds).
+
     Returns
     -------
     (train_subjects, test_subjects)
@@ -154,15 +163,21 @@ def subject_folds(subjects: list[str], n_folds: int, fold: int) -> tuple[list[st
 class ClipDataset(Dataset):
     """Clips of a build with their labels.
 
+    Items are ``(x, bvp, hr_bpm, index)``: x float32 in ``layout``, bvp float32 (L,), the clip's
+    label HR (bpm, from the labels node) and (subject number, clip number).
+
     Parameters
     ----------
-    cache, dataset, pipeline
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
         The build (see :func:`rppg_prep.open_build`).
     subjects : list of str, optional
         Only these (e.g. one side of :func:`subject_folds`); default every subject of the build.
-    norm : {"raw", "diffnorm", "standardized"}
-        Pixel normalisation.
+    norm : {"raw", "diffnorm", "standardized", "temporal"}
+        Pixel normalisation (:data:`NORMALIZATIONS`).
     label_norm : {"standardized", "diffnorm"}
+        BVP label normalisation.
     layout : {"NCDHW", "NDCHW", "NDHWC"}
         Axis order of an item without the batch axis (C channels, D frames).
     hr_label : {"beats", "welch"}
@@ -171,9 +186,6 @@ class ClipDataset(Dataset):
     size_px : int, optional
         Resize the frames to this side (px) when read, e.g. 32 for a faster CPU run; default the
         stored size.
-
-    Items are ``(x, bvp, hr_bpm, index)``: x float32 in ``layout``, bvp float32 (L,), the clip's
-    label HR (bpm, from the labels node) and (subject number, clip number).
 
     Raises
     ------
@@ -236,7 +248,19 @@ class ClipDataset(Dataset):
 
 
 def to_device(batch, device: torch.device | str):
-    """Move a batch of tensors to ``device`` (pinned memory, non-blocking copies on CUDA)."""
+    """Move a batch of tensors to ``device`` (pinned memory, non-blocking copies on CUDA).
+
+    Parameters
+    ----------
+    batch : tuple of torch.Tensor
+        A DataLoader batch.
+    device : torch.device or str
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The same batch on ``device`` (unchanged on the CPU).
+    """
     device = torch.device(device)
     if device.type != "cuda":
         return batch

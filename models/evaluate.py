@@ -34,8 +34,22 @@ BAND_HZ = (0.7, 3.5)
 
 @dataclass(frozen=True)
 class ClipScore:
-    """One clip: subject, clip number, reference and predicted HR (bpm), SNR of the prediction (dB), and
-    the Pearson r between the predicted BVP and the label BVP of the clip (NaN for the 3D-CNN)."""
+    """The score of one clip.
+
+    Parameters
+    ----------
+    subject : str
+    clip : int
+        Clip number within the subject.
+    hr_ref_bpm : float
+        Reference HR, bpm (the labels node's ``hr_label`` HR of the clip).
+    hr_pred_bpm : float
+        Predicted HR, bpm.
+    snr_db : float
+        SNR of the prediction at the reference HR, dB.
+    bvp_r : float
+        Pearson r between the predicted and the label BVP of the clip (NaN for the 3D-CNN).
+    """
 
     subject: str
     clip: int
@@ -48,14 +62,25 @@ class ClipScore:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint of :func:`rppg_models.train.fit` (or ``fit_cnn3d``) holds.
 
+    Parameters
+    ----------
+    path : str or Path
+        The ``.pt`` checkpoint.
+    device : str or torch.device
+
     Returns
     -------
-    (model in eval mode on ``device``, metadata dict: family, config, build, subjects)
+    model : torch.nn.Module
+        In eval mode on ``device``.
+    meta : dict
+        ``family``, ``config``, ``build``, ``subjects``.
 
     Raises
     ------
     FileNotFoundError
-        No such file. KeyError: the checkpoint's family is unknown.
+        No such file.
+    KeyError
+        The checkpoint's family is unknown.
     """
     from rppg_models.train import FAMILIES
 
@@ -74,10 +99,26 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def predict_bvp(family: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Predicted pulse signal (B, T) of a batch in the family's layout.
+    """Predicted pulse signal of a batch in the family's layout.
 
     STGNet: its BVP head. IENet: the fused rPPG. Meta-rPPG: the expected ordinal level
     ``sum_k P(level > k)`` per frame (the ordinal head's mean), a PPG shape up to scale.
+
+    Parameters
+    ----------
+    family : {"stgnet", "ienet", "meta-rppg"}
+    model : torch.nn.Module
+    x : torch.Tensor
+        A batch of clips in the family's layout (:attr:`rppg_models.train.Family.layout`).
+
+    Returns
+    -------
+    torch.Tensor, shape (B, T)
+
+    Raises
+    ------
+    KeyError
+        A family that predicts no BVP (the 3D-CNN).
     """
     if family == "stgnet":
         return model(x)
@@ -92,10 +133,31 @@ def predict_bvp(family: str, model: torch.nn.Module, x: torch.Tensor) -> torch.T
 
 
 def predict_clip(family: str, model: torch.nn.Module, x: torch.Tensor, frames: int, t_axis: int) -> torch.Tensor:
-    """Predicted BVP (B, L) over whole clips ``x`` (L frames on ``t_axis``) from windows of ``frames``.
+    """Predicted BVP over whole clips ``x`` from windows of ``frames``.
 
     Windows start every ``frames`` frames, plus one ending at L when L is not a multiple; each
     window's prediction is z-scored (families differ in scale and offset) and overlaps averaged.
+
+    Parameters
+    ----------
+    family : str
+        As :func:`predict_bvp`.
+    model : torch.nn.Module
+    x : torch.Tensor
+        Clips with L frames on ``t_axis``.
+    frames : int
+        Window length the model takes.
+    t_axis : int
+        The frame axis of ``x``.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, L), float32, on the CPU
+
+    Raises
+    ------
+    ValueError
+        Clips shorter than ``frames``.
     """
     length = x.shape[t_axis]
     if length < frames:

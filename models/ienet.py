@@ -357,6 +357,19 @@ def normalised_psd(x: torch.Tensor, fs: float = FS, bpm: torch.Tensor | None = N
     The DFT is evaluated at bin k = (bpm / 60) / (fs / N). ``detach_max`` (default) divides by a
     detached maximum: same values, but the peak keeps a gradient (the reference's differentiable
     maximum makes it exactly zero).
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (B, N)
+    fs : float
+        Frame rate, Hz.
+    bpm : torch.Tensor, optional
+        Rates to evaluate, bpm (default 40..179).
+    detach_max : bool
+
+    Returns
+    -------
+    torch.Tensor, shape (B, K)
     """
     if x.ndim == 1:
         x = x[None]
@@ -376,7 +389,20 @@ def frequency_mask_hr(psd: torch.Tensor, bpm: torch.Tensor | None = None) -> tor
     """Frequency-mask activation + read-out: bins < 1 set to 0 (identity gradient where kept),
     HR = sum_k mask_k * bpm_k / (number of kept bins). With a max-normalised spectrum (B, K) this
     is the peak rate, bpm, (B,); bins tied at the peak give their mean rate (the reference sums
-    them: see the module docstring)."""
+    them: see the module docstring).
+
+    Parameters
+    ----------
+    psd : torch.Tensor, shape (B, K)
+        Max-normalised spectrum (:func:`normalised_psd`).
+    bpm : torch.Tensor, optional
+        Rates of the bins, bpm.
+
+    Returns
+    -------
+    torch.Tensor, shape (B,)
+        HR, bpm.
+    """
     if bpm is None:
         bpm = bpm_grid(device=psd.device)
     mask = (psd >= 1.0).to(psd.dtype)
@@ -416,6 +442,37 @@ class Ienet(nn.Module):
     Constructor arguments configure the CET backbone (defaults = the reference configuration,
     18,138,925 parameters in the parts its forward uses + 130 of FEE). ``context_enhance`` turns on
     the context-enhancement modules the released code builds but never calls.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of each input (3).
+    embed_dim : int
+        Patch-embedding width of the CET backbone.
+    depths : tuple of int
+        Swin blocks per backbone stage.
+    num_heads : tuple of int
+        Attention heads per stage.
+    window_size : tuple of int
+        (D, H, W) attention window.
+    patch_size : tuple of int
+        (D, H, W) patch of the embedding.
+    mlp_ratio : float
+        MLP width / embedding width.
+    drop_path_rate : float
+        Largest stochastic-depth probability (linear over the blocks).
+    rppg_len : int
+        Length of the rPPG outputs, frames.
+    use_nir : bool
+        Build the NIR branch.
+    context_enhance : bool
+        Use the context-enhancement modules.
+    fs : float
+        Frame rate, Hz (for the FEE's spectrum).
+    bpm_range : tuple of int
+        HR search range of the FEE, bpm.
+    detach_max : bool
+        As :func:`normalised_psd`.
     """
 
     def __init__(self, in_channels: int = 3, embed_dim: int = 96, depths=(2, 2, 4), num_heads=(3, 6, 12),
@@ -490,7 +547,19 @@ class Ienet(nn.Module):
 # ----------------------------------------------------------------------------- losses
 
 def neg_pearson(pred: torch.Tensor, label: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Sign-agnostic negative Pearson: mean over the batch of 1 - |r| ((B, N) inputs)."""
+    """Sign-agnostic negative Pearson: mean over the batch of 1 - |r| ((B, N) inputs).
+
+    Parameters
+    ----------
+    pred, label : torch.Tensor, shape (B, N)
+    eps : float
+        Added to the denominator.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar in [0, 1].
+    """
     p = pred - pred.mean(dim=-1, keepdim=True)
     t = label - label.mean(dim=-1, keepdim=True)
     r = (p * t).sum(-1) / ((p.pow(2).sum(-1) * t.pow(2).sum(-1)).sqrt() + eps)
@@ -501,7 +570,22 @@ def frequency_loss(pred: torch.Tensor, label: torch.Tensor, fs: float = FS, bpm:
                    reciprocal: bool = False) -> torch.Tensor:
     """Mean over the batch of the L2 distance between per-sample normalised 40-179 bpm spectra.
 
-    ``reciprocal=True`` reproduces the released code's 1 / (distance + 1e-8) [BUG]."""
+    ``reciprocal=True`` reproduces the released code's 1 / (distance + 1e-8) [BUG].
+
+    Parameters
+    ----------
+    pred, label : torch.Tensor, shape (B, N)
+    fs : float
+        Frame rate, Hz.
+    bpm : torch.Tensor, optional
+        Rates of the spectrum bins, bpm (default 40..179).
+    reciprocal : bool
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+    """
     dist = (normalised_psd(pred, fs, bpm) - normalised_psd(label, fs, bpm)).norm(dim=-1).mean()
     return 1.0 / (dist + 1e-8) if reciprocal else dist
 
@@ -510,13 +594,44 @@ def rppg_loss(fused: torch.Tensor, label: torch.Tensor, fs: float = FS, alpha: f
               beta: float = 0.3, reciprocal: bool = False) -> torch.Tensor:
     """Stage A (CET + MDEF): alpha * NegPearson(fused, label) + beta * frequency loss.
 
-    Only the fused output is supervised (in RGB-only mode that is the RGB rPPG)."""
+    Only the fused output is supervised (in RGB-only mode that is the RGB rPPG).
+
+    Parameters
+    ----------
+    fused : torch.Tensor, shape (B, N)
+        The fused rPPG.
+    label : torch.Tensor, shape (B, N)
+        The label BVP.
+    fs : float
+        Frame rate, Hz.
+    alpha, beta : float
+        Weights of the Pearson and frequency terms.
+    reciprocal : bool
+        As :func:`frequency_loss`.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+    """
     label = label.to(fused.dtype)
     return alpha * neg_pearson(fused, label) + beta * frequency_loss(fused, label, fs, reciprocal=reciprocal)
 
 
 def hr_loss(hr_pred: torch.Tensor, hr_gt: torch.Tensor, weight: float = 0.4) -> torch.Tensor:
-    """Stage B (FEE): weight * L1(HR_pred, HR_gt), bpm."""
+    """Stage B (FEE): weight * L1(HR_pred, HR_gt), bpm.
+
+    Parameters
+    ----------
+    hr_pred, hr_gt : torch.Tensor, shape (B,)
+        Predicted and label HR, bpm.
+    weight : float
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, bpm.
+    """
     return weight * F.l1_loss(hr_pred, hr_gt.reshape(hr_pred.shape).to(hr_pred.dtype))
 
 

@@ -169,6 +169,11 @@ class MetaRppg(nn.Module):
     ``forward(x [B, 60, 3, 64, 64]) -> (prob [B, 60, 40], decision [B, 60], z [B, 60, 120])``;
     ``x`` is a window already passed through :func:`window_preprocess`. The prototype (buffer
     ``prototype`` [120], valid once ``prototype_set`` is true) is not a parameter.
+
+    Parameters
+    ----------
+    size : int
+        Input crop side, px (64 in the paper; >= 32 keeps every parameter).
     """
 
     def __init__(self, size: int = INPUT_SIZE):
@@ -222,6 +227,18 @@ def window_preprocess(x: torch.Tensor, mask: torch.Tensor | None = None) -> torc
     the selected pixels over (T, H, W) is subtracted from *every* pixel (the image is not
     multiplied by the mask). Returns a new tensor; the input is left untouched.
 
+    Parameters
+    ----------
+    x : torch.Tensor, shape (T, 3, H, W) or (B, T, 3, H, W)
+        Frames of one window or a batch of windows.
+    mask : torch.Tensor, optional
+        Skin mask, broadcastable to ``x``.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape, float32 (or the input's floating dtype).
+
     Raises
     ------
     ValueError
@@ -247,6 +264,16 @@ def ordinal_targets(ppg: torch.Tensor) -> torch.Tensor:
 
     Per window: level = round((ppg - min) / ((max - min) / 39)), so the minimum maps to 0 and
     the maximum to 39. A flat window (max == min) gives all zeros (reference: NaN).
+
+    Parameters
+    ----------
+    ppg : torch.Tensor, shape (..., T)
+        PPG windows.
+
+    Returns
+    -------
+    torch.Tensor of int64, shape (..., T)
+        Levels in 0..39.
     """
     ppg = torch.as_tensor(ppg, dtype=torch.float64)
     lo = ppg.amin(dim=-1, keepdim=True)
@@ -264,6 +291,18 @@ def ordinal_loss(prob: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     For target t and threshold k: -log p_k if k <= t, else -log(1 - p_k) (both clamped at
     1e-8); summed over k and frames, divided by B * T. (Reference convention; a perfect model
     decodes to level + 1.)
+
+    Parameters
+    ----------
+    prob : torch.Tensor, shape (B, T, 40)
+        P(level > k) per frame and threshold.
+    levels : torch.Tensor of int64, shape (B, T)
+        Target levels (:func:`ordinal_targets`).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
     """
     k = torch.arange(prob.shape[-1], device=prob.device)
     above = k <= levels.unsqueeze(-1)  # [B, T, 40]
@@ -273,7 +312,19 @@ def ordinal_loss(prob: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def proto_loss(z: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor:
-    """L_proto: MSE between z [B, T, 120] and the prototype [120] broadcast to z's shape."""
+    """L_proto: MSE between z [B, T, 120] and the prototype [120] broadcast to z's shape.
+
+    Parameters
+    ----------
+    z : torch.Tensor, shape (B, T, 120)
+        Encoder features.
+    prototype : torch.Tensor, shape (120,)
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+    """
     return F.mse_loss(z, prototype.expand_as(z))
 
 
@@ -283,6 +334,20 @@ def synthetic_gradient_loss(generator: nn.Module, z: torch.Tensor,
 
     ``z`` must be part of ``loss``'s graph; the graph is retained so ``loss.backward()`` can
     still be called afterwards. Only psi receives gradients from the returned loss.
+
+    Parameters
+    ----------
+    generator : nn.Module
+        The synthetic-gradient generator psi.
+    z : torch.Tensor, shape (B, T, 120)
+        Encoder features in ``loss``'s graph.
+    loss : torch.Tensor
+        Scalar task loss.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar; only psi receives its gradients.
     """
     (grad,) = torch.autograd.grad(loss, z, retain_graph=True)
     return F.mse_loss(generator(z.detach()), grad.detach())
@@ -307,6 +372,24 @@ def adapt(model: MetaRppg, x_unlabelled: torch.Tensor, steps: int = 1, lr: float
     that the prototype step uses the same optimiser, that psi runs in eval mode (its BatchNorm
     statistics are not updated from test windows) and that theta keeps the caller's train/eval
     mode.
+
+    Parameters
+    ----------
+    model : MetaRppg
+        Trained, with its prototype set.
+    x_unlabelled : torch.Tensor, shape (B, 60, 3, S, S)
+        Preprocessed windows (:func:`window_preprocess`) of the test subject.
+    steps : int
+        Adaptation steps.
+    lr : float
+        SGD learning rate.
+    momentum : float
+    weight_decay : float
+
+    Returns
+    -------
+    MetaRppg
+        ``model``, adapted in place.
 
     Raises
     ------

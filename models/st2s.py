@@ -40,6 +40,15 @@ class St2sCnn(nn.Module):
 
     ``hidden_units`` 128 -> 548,129 parameters (the reference's accidental 3 -> 35,879);
     ``out_units`` 1 = HR in bpm.
+
+    Parameters
+    ----------
+    in_channels : int
+        Input channels (RGB).
+    hidden_units : int
+        Width of the hidden fully connected layer.
+    out_units : int
+        Outputs (1: HR in bpm).
     """
 
     def __init__(self, in_channels: int = 3, hidden_units: int = 128, out_units: int = 1):
@@ -78,6 +87,15 @@ def st_to_tensor(images_uint8: np.ndarray) -> torch.Tensor:
 
     Each image is resized with ``cv2.INTER_AREA`` (the store keeps full-size images).
 
+    Parameters
+    ----------
+    images_uint8 : ndarray of uint8, shape (N, H, W, 3)
+        RGB ST images.
+
+    Returns
+    -------
+    torch.Tensor, shape (N, 3, 64, 64), float32 in [0, 1]
+
     Raises
     ------
     ValueError
@@ -96,6 +114,18 @@ def good_bad_labels(pred_bpm, label_bpm, threshold_bpm: float) -> np.ndarray:
 
     ``pred_bpm`` and ``label_bpm`` are (N,) HR in bpm; an error exactly at ``threshold_bpm``
     (bpm) is good, and a NaN in either input is bad.
+
+    Parameters
+    ----------
+    pred_bpm, label_bpm : array_like of float, shape (N,)
+        Predicted and label HR, bpm.
+    threshold_bpm : float
+        Largest error still good, bpm.
+
+    Returns
+    -------
+    ndarray of int8, shape (N,)
+        1 = bad, 0 = good.
 
     Raises
     ------
@@ -118,6 +148,15 @@ def hog_features(images_uint8: np.ndarray) -> np.ndarray:
     bilinear) and described by ``cv2.HOGDescriptor()`` (window 64x128, block 16, stride 8,
     cell 8, 9 bins) with the default window stride.
 
+    Parameters
+    ----------
+    images_uint8 : ndarray of uint8, shape (N, H, W, 3)
+        RGB ST images.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, 34020)
+
     Raises
     ------
     ValueError
@@ -138,6 +177,15 @@ class St2sClassifier(nn.Module):
     Mirrors the reference's ``MLPClassifier(hidden_layer_sizes=(200,) * 6)``, including its
     Glorot-uniform initialisation. Buffers ``mean`` / ``std`` (D,) are set by
     :func:`fit_classifier`. Input (B, D) float32, output (B, 2) float32 logits.
+
+    Parameters
+    ----------
+    in_features : int
+        Feature length D (HOG: 34020).
+    hidden : tuple of int
+        Width of each hidden layer.
+    n_classes : int
+        Logits (good, bad).
     """
 
     def __init__(self, in_features: int = HOG_LENGTH, hidden: tuple[int, ...] = (200,) * 6,
@@ -195,6 +243,11 @@ def fit_classifier(features, labels, *, epochs: int, lr: float = 1e-3, momentum:
     epochs, lr, momentum, batch, seed, device
         Passes, SGD step and momentum, mini-batch, seed (weights and shuffle), torch device.
 
+    Returns
+    -------
+    St2sClassifier
+        Trained, in eval mode, on ``device``.
+
     Raises
     ------
     ValueError
@@ -220,6 +273,19 @@ def fit_classifier(features, labels, *, epochs: int, lr: float = 1e-3, momentum:
 
 def predict_keep(clf: St2sClassifier, features, *, batch: int = 1024) -> np.ndarray:
     """(N, D) float features -> (N,) bool, True = predicted good (kept), on the model's device.
+
+    Parameters
+    ----------
+    clf : St2sClassifier
+        Trained (:func:`fit_classifier`).
+    features : array_like of float, shape (N, D)
+    batch : int
+        Rows per forward pass.
+
+    Returns
+    -------
+    ndarray of bool, shape (N,)
+        True = predicted good (kept).
 
     Raises
     ------
@@ -248,6 +314,11 @@ def fit_regressor(images, hr_bpm, *, epochs: int, lr: float = 1e-3, batch: int =
         Passes, Adam step, mini-batch, seed (``torch.manual_seed`` for the weights, a
         ``torch.Generator`` for the shuffle), torch device.
 
+    Returns
+    -------
+    St2sCnn
+        Trained, in eval mode, on ``device``.
+
     Raises
     ------
     ValueError
@@ -267,7 +338,21 @@ def fit_regressor(images, hr_bpm, *, epochs: int, lr: float = 1e-3, batch: int =
 
 
 def predict_hr(model: St2sCnn, images, *, batch: int = 256) -> np.ndarray:
-    """(N, 3, 64, 64) float images in [0, 1] -> (N,) float32 stage-1 HR in bpm."""
+    """(N, 3, 64, 64) float images in [0, 1] -> (N,) float32 stage-1 HR in bpm.
+
+    Parameters
+    ----------
+    model : St2sCnn
+    images : torch.Tensor, shape (N, 3, 64, 64)
+        float32 in [0, 1] (:func:`st_to_tensor`).
+    batch : int
+        Images per forward pass.
+
+    Returns
+    -------
+    ndarray of float32, shape (N,)
+        Stage-1 HR, bpm.
+    """
     x = torch.as_tensor(images, dtype=torch.float32)
     if len(x) == 0:
         return np.zeros(0, np.float32)

@@ -41,7 +41,20 @@ VERSION = "1"
 
 @dataclass(frozen=True, kw_only=True)
 class Stage1Config:
-    """Stage-1 training settings (they enter the checkpoint key)."""
+    """Stage-1 training settings (they enter the checkpoint key).
+
+    Parameters
+    ----------
+    epochs : int
+        Epochs per leave-one-subject-out fold.
+    lr : float
+        Adam learning rate.
+    batch : int
+        ST images per step.
+    seed : int
+    hr_label : {"beats", "welch"}
+        Label HR of a segment: the median of the contact PPG's beats, or its Welch peak.
+    """
 
     epochs: int = 15
     lr: float = 1e-3
@@ -52,7 +65,18 @@ class Stage1Config:
 
 @dataclass(frozen=True, kw_only=True)
 class Stage2Config:
-    """Stage-2 training settings (lr 1e-2: at the reference's 1e-3 SGD barely moves in tens of epochs)."""
+    """Stage-2 training settings.
+
+    Parameters
+    ----------
+    epochs : int
+        Epochs of the good/bad classifier per fold.
+    lr : float
+        SGD learning rate (1e-2: at the reference's 1e-3 SGD barely moves in tens of epochs).
+    hr_label : {"beats", "welch"}
+        Must match the stage-1 config's.
+    seed : int
+    """
 
     epochs: int = 30
     lr: float = 1e-2
@@ -76,8 +100,24 @@ class SubjectData:
 def load_subject(sid: str, nodes: dict[str, Any], hr_label: str = "beats") -> SubjectData:
     """Read a subject's ST images segment by segment (full-size images never all in memory).
 
-    ``hr_label`` ("beats" or "welch") picks the segment HR of the labels node
-    (:func:`rppg_models.data.hr_label_array`); ValueError on another value.
+    Parameters
+    ----------
+    sid : str
+        Subject id.
+    nodes : dict
+        The subject's nodes (``open_build(...)[sid]``): ``st_map`` and ``labels``.
+    hr_label : {"beats", "welch"}
+        Which segment HR of the labels node (:func:`rppg_models.data.hr_label_array`).
+
+    Returns
+    -------
+    SubjectData
+        (N, 3, 64, 64) float32 images, (N, 34020) HOG features, the label HR (bpm) and segment of each.
+
+    Raises
+    ------
+    ValueError
+        Another ``hr_label``.
     """
     from rppg_models.data import hr_label_array
 
@@ -114,6 +154,20 @@ def train_stage1(cache: str | Path, dataset: str, pipeline: str, cfg: Stage1Conf
                  data: dict[str, SubjectData] | None = None, device: str = "cpu",
                  progress=None) -> tuple[str, Path]:
     """Train (or reuse) the leave-one-subject-out stage-1 CNNs of a build.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
+        The build.
+    cfg : Stage1Config
+    data : dict of str to SubjectData, optional
+        Already loaded ST images (:func:`load_subject`); read from the build otherwise.
+    device : str
+        Torch device.
+    progress : callable (done, total), optional
+        Called after each fold.
 
     Returns
     -------
@@ -170,6 +224,23 @@ def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, c
                 hr_label: str = "beats") -> dict[str, dict[str, str]]:
     """Write the ``st2s_pred`` and ``split`` nodes of every subject that has a fold model.
 
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
+        The build.
+    ckpt_key : str
+        The stage-1 checkpoint key (enters the node keys).
+    ckpt_path : Path
+        The checkpoint folder of :func:`train_stage1`.
+    threshold_bpm : float
+        An ST image whose stage-1 error exceeds this is bad.
+    data : dict of str to SubjectData, optional
+        Already loaded ST images.
+    hr_label : {"beats", "welch"}
+        The label HR the error is measured against.
+
     Returns
     -------
     dict
@@ -217,6 +288,20 @@ def stage2(cache: str | Path, dataset: str, pipeline: str, split_keys: dict[str,
            cfg: Stage2Config = Stage2Config(), *, data: dict[str, SubjectData] | None = None,
            device: str = "cpu") -> dict[str, dict[str, np.ndarray]]:
     """Leave-one-subject-out stage 2: per held-out subject, HR per segment from stage 1 alone and gated.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
+        The build.
+    split_keys : dict
+        subject -> {"st2s_pred": key, "split": key}, from :func:`write_split`.
+    cfg : Stage2Config
+    data : dict of str to SubjectData, optional
+        Already loaded ST images.
+    device : str
+        Torch device.
 
     Returns
     -------

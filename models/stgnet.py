@@ -183,6 +183,19 @@ class Stgnet(nn.Module):
     Defaults reproduce the reference (160 frames, 64 px, 2,285,927 parameters). ``frames`` must
     be divisible by 8 and ``size`` by 16; smaller values give a reduced model on the same code
     path (positional embeddings shrink with the node count).
+
+    Parameters
+    ----------
+    frames : int
+        Clip length T, frames (divisible by 8).
+    size : int
+        Crop side, px (divisible by 16).
+    gnn_num : tuple of int
+        Graph-denoise blocks per stage.
+    k : tuple of int
+        Neighbours of the dynamic KNN graph per stage.
+    drop_path : tuple of float
+        Stochastic-depth probability per graph stage.
     """
 
     def __init__(self, frames: int = FRAMES, size: int = SIZE,
@@ -241,6 +254,18 @@ def neg_pearson_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8
 
     ``pred`` and ``target`` are ``[B, T]`` (a 1-D pair is treated as a batch of one). Returns a
     scalar in [0, 2]: 0 for perfectly correlated, 2 for anti-correlated, ~1 for unrelated.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor, shape (B, T)
+        Predicted and label BVP.
+    eps : float
+        Added to the denominator.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar in [0, 2].
     """
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: {list(pred.shape)} vs {list(target.shape)}")

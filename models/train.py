@@ -150,7 +150,16 @@ class TrainConfig:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The training device: ``auto`` is CUDA when present, else CPU.
+    """The training device.
+
+    Parameters
+    ----------
+    name : str
+        ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns
+    -------
+    torch.device
 
     Raises
     ------
@@ -179,6 +188,16 @@ def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     ``auto``: float16 on CUDA (with a gradient scaler), None on the CPU, where float16 autocast is
     slow and bfloat16 changes results; ``on``: float16 on CUDA, bfloat16 on the CPU; ``off``: None.
 
+    Parameters
+    ----------
+    device : torch.device or str
+        The training device (resolved by :func:`pick_device`).
+    amp : {"auto", "on", "off"}
+
+    Returns
+    -------
+    torch.dtype or None
+
     Raises
     ------
     ValueError
@@ -192,7 +211,17 @@ def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch and numpy; return a generator for the DataLoader's shuffle."""
+    """Seed torch and numpy.
+
+    Parameters
+    ----------
+    seed : int
+
+    Returns
+    -------
+    torch.Generator
+        Seeded, for the DataLoader's shuffle.
+    """
     torch.manual_seed(seed)
     np.random.seed(seed)
     return torch.Generator().manual_seed(seed)
@@ -203,16 +232,40 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
         progress: bool = True) -> dict[str, Any]:
     """Train ``family_name`` on a build's clips for ``cfg.steps`` optimiser steps.
 
+    Parameters
+    ----------
+    family_name : {"stgnet", "meta-rppg", "ienet"}
+        A key of :data:`FAMILIES`.
+    cache : str or Path
+        Store root holding the build.
+    dataset, pipeline : str
+        The build (``rppg-prep build PIPELINE``).
+    cfg : TrainConfig
+        Training settings.
+    subjects : list of str, optional
+        Training subjects (default: every subject of the build).
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`pick_device`).
+    out : str or Path, optional
+        Folder of the checkpoint; None saves none.
+    progress : bool
+        Show a progress bar with the loss and clips/s.
+
     Returns
     -------
     dict
-        ``losses`` (per step), ``clips_per_s``, ``device`` and, with ``out``, the checkpoint path
-        (``<out>/<family>-<key12>.pt``: state dict, config, family, build manifest key).
+        ``losses`` (per step), ``clips_per_s``, ``device``, ``train_s`` (s), ``gpu_peak_mb`` on CUDA and,
+        with ``out``, ``checkpoint``: ``<out>/<family>-<key12>.pt`` (state dict, config, family, the
+        build's node digest, subjects; key from :func:`checkpoint_key`).
 
     Raises
     ------
     KeyError
-        Unknown family. StoreError: no such build.
+        Unknown family.
+    StoreError
+        No such build.
+    RuntimeError
+        CUDA asked for and absent.
     """
     from torch.utils.data import DataLoader
 
@@ -284,9 +337,24 @@ def fit_cnn3d_synthetic(*, steps: int = 100, batch: int = 32, lr: float = 1e-3, 
     Every step draws a fresh batch from :func:`rppg_prep.pseudo_ppg.generate` (balanced over the
     75 HR classes and the noise class) and takes one Adam step on the cross-entropy.
 
+    Parameters
+    ----------
+    steps : int
+        Optimiser steps.
+    batch : int
+        Videos per step (60 frames of 25x25 px each).
+    lr : float
+        Adam learning rate.
+    seed : int
+    device : str
+        As :func:`pick_device`.
+
     Returns
     -------
-    (model in eval mode, losses per step)
+    model : torch.nn.Module
+        The 3D-CNN in eval mode.
+    losses : list of float
+        Cross-entropy per step.
     """
     from rppg_models import cnn3d
     from rppg_prep import pseudo_ppg as synthetic
@@ -369,6 +437,26 @@ def fit_cnn3d(cache: str | Path, dataset: str = "synthetic", pipeline: str = "sy
     noise class has no stored form (it is not quantised), so each batch gets its expected share
     (1/76) of noise videos drawn on the fly from the generator, as the paper's balanced batches.
 
+    Parameters
+    ----------
+    cache : str or Path
+        Store root holding the synthetic build.
+    dataset, pipeline : str
+        The build (default: ``synthetic``).
+    steps : int
+        Optimiser steps.
+    batch : int
+        Videos per step.
+    lr : float
+        Adam learning rate (Keras' default 1e-3, as in the paper).
+    seed : int
+    device : str
+        As :func:`pick_device`.
+    out : str or Path, optional
+        Folder of the checkpoint; None saves none.
+    progress : bool
+        Show a progress bar.
+
     Returns
     -------
     dict
@@ -443,10 +531,28 @@ def fit_cnn3d(cache: str | Path, dataset: str = "synthetic", pipeline: str = "sy
 
 def cnn3d_clip_hr(model: torch.nn.Module, clip_uint8: np.ndarray, *, patch_stride: int = 13,
                   time_stride: int = 50) -> float:
-    """One HR (bpm; -1 when every window says noise) for a stored clip (L, H, W, 3) uint8, from the
-    3D-CNN's HR map over its green channel (patches every ``patch_stride`` px, windows every
-    ``time_stride`` frames), reduced per 60-frame window by :func:`rppg_models.cnn3d.reduce_hr_map`;
-    the clip's HR is the median over the windows that are not noise."""
+    """One HR for a stored clip from the 3D-CNN's HR map over its green channel.
+
+    Patches every ``patch_stride`` px and windows every ``time_stride`` frames are reduced per
+    60-frame window by :func:`rppg_models.cnn3d.reduce_hr_map`; the clip's HR is the median over the
+    windows that are not noise.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A trained :class:`rppg_models.cnn3d.Cnn3d`.
+    clip_uint8 : ndarray of uint8, shape (L, H, W, 3)
+        A stored clip, L >= 60.
+    patch_stride : int
+        Patch step, px.
+    time_stride : int
+        Window step, frames.
+
+    Returns
+    -------
+    float
+        HR in bpm; -1 when every window says noise.
+    """
     from rppg_models import cnn3d
 
     prob = cnn3d.predict_map(model, clip_uint8, patch_stride=patch_stride, time_stride=time_stride)
