@@ -29,7 +29,7 @@ import torch
 
 from rppg_models import st2s
 from rppg_prep.manifest import open_build
-from rppg_prep.stage import canonical_json, node_key
+from rppg_prep.stage import canonical_json, node_key, node_provenance
 from rppg_prep.stages.split import PRED_STAGE, STAGE as SPLIT_STAGE, PredParams, SplitParams, good_bad
 from rppg_prep.manifest import build_key, manifest_path, read_manifest, record_nodes
 from rppg_prep.store import NodeWriter, atomic_write, node_exists, node_path, open_node
@@ -261,8 +261,8 @@ def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, c
         if not node_exists(ppath):
             d = data[sid] if data else load_subject(sid, nodes, hr_label)
             pred = st2s.predict_hr(_load_fold(ckpt_path, sid), d.images).reshape(d.shape)
-            attrs = {"key": pkey, "stage": "st2s_pred", "version": PRED_STAGE.version, "subject": sid,
-                     "params": {}, "inputs": up, "files": {"checkpoint": ckpt_key}}
+            attrs = node_provenance(PRED_STAGE, pkey, PredParams(), up, subject=sid, dataset=dataset,
+                                    fingerprints={"checkpoint": ckpt_key})
             with NodeWriter(ppath, attrs) as w:
                 w.write("hr_bpm", pred.astype(np.float32), chunks=pred.shape or (1,), unit="bpm",
                         axes=("segment", "strip"))
@@ -271,9 +271,8 @@ def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, c
         if not node_exists(spath):
             pred = open_node(ppath)["hr_bpm"][:]
             bad, err = good_bad(pred, hr_label_array(nodes["labels"], "st_", hr_label), threshold_bpm)
-            attrs = {"key": skey, "stage": "split", "version": SPLIT_STAGE.version, "subject": sid,
-                     "params": json.loads(canonical_json(params)),
-                     "inputs": {"st2s_pred": pkey, "labels": up["labels"]}}
+            attrs = node_provenance(SPLIT_STAGE, skey, params, {"st2s_pred": pkey, "labels": up["labels"]},
+                                    subject=sid, dataset=dataset)
             with NodeWriter(spath, attrs) as w:
                 w.write("bad", bad, chunks=bad.shape or (1,), axes=("segment", "strip"))
                 w.write("abs_error_bpm", err, chunks=err.shape or (1,), unit="bpm", axes=("segment", "strip"))

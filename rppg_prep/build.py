@@ -14,7 +14,6 @@ inputs; a node whose key exists is not recomputed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from rppg_prep import __version__
 from rppg_prep.datasets import Subject, get_loader, open_source
 from rppg_prep.errors import FaceNotFoundError, VideoDecodeError
 from rppg_prep.pipeline import ORDER, STAGES, Pipeline, load_pipeline
-from rppg_prep.stage import canonical_json, node_key
+from rppg_prep.stage import node_key, node_provenance
 from rppg_prep.stages import clips, face, labels, landmarks, st_map
 from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node
 
@@ -166,13 +164,9 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
 
 def _attrs(pipe: Pipeline, subject: Subject, node: NodePlan, plan: dict[str, NodePlan], **extra: Any) -> dict:
     st = STAGES[node.stage]
-    return {
-        "key": node.key, "stage": st.name, "version": st.version, "subject": subject.id,
-        "dataset": pipe.dataset, "params": json.loads(canonical_json(pipe.params[node.stage])),
-        "inputs": {u: plan[u].key for u in st.inputs}, "rppg_prep": __version__,
-        "source": {"video": str(subject.video), "truth": [str(p) for p in subject.truth]},
-        **extra,
-    }
+    return node_provenance(st, node.key, pipe.params[node.stage], {u: plan[u].key for u in st.inputs},
+                           subject=subject.id, dataset=pipe.dataset,
+                           source={"video": str(subject.video), "truth": [str(p) for p in subject.truth]}, **extra)
 
 
 class _Appender:

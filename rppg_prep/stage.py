@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ArraySpec", "Stage", "canonical_json", "node_key", "params_from_dict"]
+__all__ = ["ArraySpec", "Stage", "canonical_json", "node_key", "node_provenance", "params_from_dict"]
 
 KEY_LEN = 64
 
@@ -143,6 +143,42 @@ def node_key(stage: Stage, params: Any, upstream: dict[str, str], fingerprints: 
         "files": dict(sorted(fingerprints.items())),
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def node_provenance(stage: Stage, key: str, params: Any, upstream: dict[str, str], *, subject: str, dataset: str,
+                    fingerprints: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance attributes every node carries: what :func:`node_key` hashed, in readable form.
+
+    Parameters
+    ----------
+    stage : Stage
+    key : str
+        The node's key (:func:`node_key` of the same arguments).
+    params : dataclass instance
+        The stage's params.
+    upstream : dict of str to str
+        Upstream stage name -> node key.
+    subject, dataset : str
+        Subject id and loader name.
+    fingerprints : dict of str to str, optional
+        Raw input role -> content hash, when the node reads raw inputs.
+    **extra
+        Further attributes (frame counts, notes, the source files).
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``key``, ``stage``, ``version``, ``subject``, ``dataset``, ``params``, ``inputs``,
+        ``rppg_prep`` (package version), ``files`` when given, and ``extra``.
+    """
+    from rppg_prep import __version__
+
+    out = {"key": key, "stage": stage.name, "version": stage.version, "subject": subject, "dataset": dataset,
+           "params": json.loads(canonical_json(params)), "inputs": dict(sorted(upstream.items())),
+           "rppg_prep": __version__}
+    if fingerprints:
+        out["files"] = dict(sorted(fingerprints.items()))
+    return {**out, **extra}
 
 
 def params_from_dict(cls: type, values: dict[str, Any] | None) -> Any:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
+from rppg_prep.errors import DatasetLayoutError
 from rppg_prep.subject import Subject, Truth
 
-__all__ = ["Subject", "Truth", "get_loader", "open_source", "LOADERS", "natural_key"]
+__all__ = ["Subject", "Truth", "get_loader", "open_source", "scan_subjects", "LOADERS", "natural_key"]
 
 #: dataset name -> module path of its loader
 LOADERS: dict[str, str] = {
@@ -91,3 +94,67 @@ def open_source(subject: Subject):
     if opener is not None:
         return opener(subject)
     return VideoSource(subject.video, subject=subject.id)
+
+
+def scan_subjects(root: str | Path, *, what: str, layout: str,
+                  recordings: Callable[[Path], Subject | list[Subject] | None],
+                  placeholder: Callable[[Path], Subject | None] | None = None, depth: int = 1,
+                  root_alone: bool = True, placeholder_root: bool = False) -> list[Subject]:
+    """The walk of a dataset root that the folder-per-recording loaders share.
+
+    Parameters
+    ----------
+    root : str or Path
+        The dataset folder given as ``--root`` (or one recording's folder).
+    what : str
+        What a recording is called in the error, e.g. ``"UBFC-rPPG subject folders"``.
+    layout : str
+        The loader's ``LAYOUT``, appended to the errors.
+    recordings : callable (folder) -> Subject, list of Subject or None
+        The recordings a folder holds (None or [] when it holds none).
+    placeholder : callable (folder) -> Subject or None, optional
+        A subject for a folder named like a recording whose files are missing, so that building
+        it reports the missing file instead of the recording silently vanishing.
+    depth : int
+        Folder levels below ``root`` searched (every level, e.g. ``subject/session`` is 2).
+    root_alone : bool
+        When ``root`` itself holds recordings, return only those (the user pointed at one
+        recording); otherwise they join the ones below.
+    placeholder_root : bool
+        When nothing is found, try ``placeholder(root)``.
+
+    Returns
+    -------
+    list of Subject
+        Sorted by natural order of their ids (``subject3`` before ``subject10``).
+
+    Raises
+    ------
+    DatasetLayoutError
+        ``root`` is not a folder, or holds no recording.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"dataset root does not exist or is not a folder. {layout}", path=root)
+
+    def found(folder: Path) -> list[Subject]:
+        got = recordings(folder)
+        return [] if got is None else (got if isinstance(got, list) else [got])
+
+    subjects = found(root)
+    if subjects and root_alone:
+        return subjects
+    level = [root]
+    for _ in range(depth):
+        level = [p for parent in level for p in sorted(parent.iterdir(), key=lambda p: natural_key(p.name))
+                 if p.is_dir() and not p.name.startswith(".")]
+        for folder in level:
+            got = found(folder)
+            if not got and placeholder is not None:
+                got = [s for s in [placeholder(folder)] if s is not None]
+            subjects.extend(got)
+    if not subjects and placeholder_root and placeholder is not None:
+        subjects = [s for s in [placeholder(root)] if s is not None]
+    if not subjects:
+        raise DatasetLayoutError(f"no {what} found. {layout}", path=root)
+    return sorted(subjects, key=lambda s: natural_key(s.id))

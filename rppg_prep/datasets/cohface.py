@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
-from rppg_prep.errors import DatasetLayoutError, GroundTruthError
+from rppg_prep.datasets import Subject, Truth, scan_subjects
+from rppg_prep.errors import GroundTruthError
 
 NAME = "cohface"
 VERSION = "1"
@@ -76,17 +76,8 @@ def find_subjects(root: str | Path) -> list[Subject]:
     DatasetLayoutError
         If ``root`` is not a folder or holds no session folder.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetLayoutError(f"dataset root does not exist or is not a folder. {LAYOUT}", path=root)
-    if _is_session(root):
-        return [_session(root)]
-    sessions = [p for p in _dirs(root) if _is_session(p)]
-    for sub in _dirs(root):
-        sessions.extend(p for p in _dirs(sub) if _is_session(p))
-    if not sessions:
-        raise DatasetLayoutError(f"no COHFACE session folders (with data.avi / data.hdf5) found. {LAYOUT}", path=root)
-    return sorted((_session(p) for p in sessions), key=lambda s: natural_key(s.id))
+    return scan_subjects(root, what="COHFACE session folders (with data.avi / data.hdf5)", layout=LAYOUT,
+                         recordings=lambda f: _session(f) if _is_session(f) else None, depth=2)
 
 
 def read_truth(subject: Subject) -> Truth:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
-from rppg_prep.errors import DatasetLayoutError, GroundTruthError, VideoDecodeError
+from rppg_prep.datasets import Subject, Truth, natural_key, scan_subjects
+from rppg_prep.errors import GroundTruthError, VideoDecodeError
 
 NAME = "ibvp"
 VERSION = "1"
@@ -85,24 +85,14 @@ def find_subjects(root: str | Path) -> list[Subject]:
     DatasetLayoutError
         If ``root`` does not exist or holds no recording folder.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetLayoutError(f"dataset root does not exist or is not a folder. {LAYOUT}", path=root)
-    sid = root.name
-    if (root / f"{sid}_rgb").is_dir() or (root / f"{sid}_bvp.csv").is_file():
-        return [_recording_in(root)]
-    subjects = []
-    for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
-        if folder.name.startswith("."):
-            continue
-        subj = _recording_in(folder)
-        if subj is not None:
-            subjects.append(subj)
-    if not subjects and _REC.match(sid):
-        return [_recording_in(root)]  # one recording folder whose files are missing
-    if not subjects:
-        raise DatasetLayoutError(f"no iBVP recording folders found. {LAYOUT}", path=root)
-    return subjects
+    def complete(folder: Path) -> Subject | None:
+        sid = folder.name
+        if (folder / f"{sid}_rgb").is_dir() or (folder / f"{sid}_bvp.csv").is_file():
+            return _recording_in(folder)
+        return None
+
+    return scan_subjects(root, what="iBVP recording folders", layout=LAYOUT, recordings=complete,
+                         placeholder=_recording_in, placeholder_root=True)
 
 
 def open_frames(subject: Subject):

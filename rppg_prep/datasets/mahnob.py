@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
-from rppg_prep.errors import DatasetLayoutError, GroundTruthError
+from rppg_prep.datasets import Subject, Truth, natural_key, scan_subjects
+from rppg_prep.errors import GroundTruthError
 
 NAME = "mahnob-hci"
 VERSION = "1"
@@ -127,16 +127,9 @@ def find_subjects(root: str | Path) -> list[Subject]:
         If ``root`` is not a folder or holds no session folder.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DatasetLayoutError(f"dataset root does not exist or is not a folder. {LAYOUT}", path=root)
-    if _is_session(root):
-        return [_session(root)]
-    base = root / "Sessions" if (root / "Sessions").is_dir() else root
-    subjects = [_session(p) for p in base.iterdir()
-                if p.is_dir() and not p.name.startswith(".") and _is_session(p)]
-    if not subjects:
-        raise DatasetLayoutError(f"no MAHNOB-HCI session folders found. {LAYOUT}", path=root)
-    return sorted(subjects, key=lambda s: natural_key(s.id))
+    base = root / "Sessions" if (root / "Sessions").is_dir() and not _is_session(root) else root
+    return scan_subjects(base, what="MAHNOB-HCI session folders", layout=LAYOUT,
+                         recordings=lambda f: _session(f) if _is_session(f) else None)
 
 
 def detect_r_peaks(ecg: np.ndarray, fs: float) -> np.ndarray:

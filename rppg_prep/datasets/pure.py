@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
+from rppg_prep.datasets import Subject, Truth, scan_subjects
 from rppg_prep.datasets.ubfc import mask_device_hr, repair_clock
-from rppg_prep.errors import DatasetLayoutError, GroundTruthError, RppgPrepError, VideoDecodeError
+from rppg_prep.errors import GroundTruthError, RppgPrepError, VideoDecodeError
 
 NAME = "pure"
 VERSION = "1"
@@ -111,24 +111,9 @@ def find_subjects(root: str | Path) -> list[Subject]:
     DatasetLayoutError
         If ``root`` does not exist or holds no sequence.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetLayoutError(f"dataset root does not exist or is not a folder. {LAYOUT}", path=root)
-    single = _sequence_at(root, root.parent)
-    if single is not None:
-        return [single]
-    subjects = []
-    for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
-        if folder.name.startswith("."):
-            continue
-        subj = _sequence_at(folder, root)
-        if subj is None and _SEQ.match(folder.name):
-            subj = _nested(folder, folder.name)
-        if subj is not None:
-            subjects.append(subj)
-    if not subjects:
-        raise DatasetLayoutError(f"no PURE sequence folders found. {LAYOUT}", path=root)
-    return subjects
+    return scan_subjects(root, what="PURE sequence folders", layout=LAYOUT,
+                         recordings=lambda f: _sequence_at(f, f.parent),
+                         placeholder=lambda f: _nested(f, f.name) if _SEQ.match(f.name) else None)
 
 
 def _list_frames(subject: Subject, err: type[RppgPrepError]) -> tuple[list[Path], np.ndarray]:

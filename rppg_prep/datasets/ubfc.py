@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
-from rppg_prep.errors import DatasetLayoutError, GroundTruthError
+from rppg_prep.datasets import Subject, Truth, natural_key, scan_subjects
+from rppg_prep.errors import GroundTruthError
 
 NAME = "ubfc"
 LAYOUT = (
@@ -81,24 +81,13 @@ def find_subjects(root: str | Path) -> list[Subject]:
     DatasetLayoutError
         If ``root`` does not exist or holds no subject folder.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetLayoutError(f"dataset root does not exist or is not a folder. {LAYOUT}", path=root)
-    single = _subject_in(root, root.name)
-    if single is not None:
-        return [single]
-    subjects = []
-    for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
-        if folder.name.startswith("."):
-            continue
-        subj = _subject_in(folder, folder.name)
-        if subj is None and folder.name.lower().startswith("subject"):
-            subj = Subject(NAME, folder.name, folder / "vid.avi", (folder / "ground_truth.txt",), "DATASET_2")
-        if subj is not None:
-            subjects.append(subj)
-    if not subjects:
-        raise DatasetLayoutError(f"no UBFC-rPPG subject folders found. {LAYOUT}", path=root)
-    return subjects
+    def placeholder(folder: Path) -> Subject | None:  # files missing: building it names them
+        if folder.name.lower().startswith("subject"):
+            return Subject(NAME, folder.name, folder / "vid.avi", (folder / "ground_truth.txt",), "DATASET_2")
+        return None
+
+    return scan_subjects(root, what="UBFC-rPPG subject folders", layout=LAYOUT,
+                         recordings=lambda f: _subject_in(f, f.name), placeholder=placeholder)
 
 
 def repair_clock(t_s: np.ndarray) -> tuple[np.ndarray, int]:

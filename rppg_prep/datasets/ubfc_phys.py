@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
-from rppg_prep.errors import DatasetLayoutError, GroundTruthError
+from rppg_prep.datasets import Subject, Truth, scan_subjects
+from rppg_prep.errors import GroundTruthError
 
 NAME = "ubfc-phys"
 VERSION = "1"
@@ -62,16 +62,7 @@ def find_subjects(root: str | Path) -> list[Subject]:
     DatasetLayoutError
         If ``root`` is not a folder or holds no ``vid_s<N>_T<k>`` video.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetLayoutError(f"dataset root does not exist or is not a folder. {LAYOUT}", path=root)
-    subjects = _subjects_in(root)
-    for folder in root.iterdir():
-        if folder.is_dir() and not folder.name.startswith("."):
-            subjects.extend(_subjects_in(folder))
-    if not subjects:
-        raise DatasetLayoutError(f"no UBFC-Phys videos found. {LAYOUT}", path=root)
-    return sorted(subjects, key=lambda s: natural_key(s.id))
+    return scan_subjects(root, what="UBFC-Phys videos", layout=LAYOUT, recordings=_subjects_in, root_alone=False)
 
 
 def read_truth(subject: Subject) -> Truth:
