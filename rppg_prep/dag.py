@@ -42,7 +42,7 @@ from typing import Any
 from rppg_prep.build import (RUNNERS, NodePlan, SubjectResult, dir_bytes, environment_threads, plan_subject,
                              video_pass)
 from rppg_prep.datasets import Subject
-from rppg_prep.pipeline import ORDER, Pipeline
+from rppg_prep.pipeline import ORDER, STAGES, Pipeline
 from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
 from rppg_prep.manifest import read_manifest, record_build
 from rppg_prep.store import node_attrs, node_bytes, node_exists, node_lock, open_node
@@ -51,10 +51,19 @@ __all__ = ["run_build", "subject_status", "gc", "VIDEO_STAGES", "TASK_STAGES"]
 
 log = logging.getLogger(__name__)
 
-VIDEO_STAGES = ("decode", "landmarks", "face")
-#: task name -> stages it writes
-TASK_STAGES = {"video": VIDEO_STAGES, "clips": ("clips",), "st_map": ("st_map",), "labels": ("labels",)}
-TASK_DEPS = {"video": (), "clips": ("video",), "st_map": ("video",), "labels": ("video", "clips", "st_map")}
+#: the stages fed by the one streaming pass over the frames: one task, "video"
+VIDEO_STAGES = tuple(s for s in ORDER if STAGES[s].streams)
+#: task name -> stages it writes (derived from the stage declarations)
+TASK_STAGES = {"video": VIDEO_STAGES, **{s: (s,) for s in ORDER if not STAGES[s].streams}}
+
+
+def _task_of(stage: str) -> str:
+    return "video" if stage in VIDEO_STAGES else stage
+
+
+#: task name -> the tasks whose nodes it reads (from the stages' declared inputs)
+TASK_DEPS = {task: tuple(dict.fromkeys(_task_of(u) for s in stages for u in STAGES[s].inputs if _task_of(u) != task))
+             for task, stages in TASK_STAGES.items()}
 #: memory one concurrent video pass may take, bytes (MediaPipe graph + frames in flight, measured ~250 MB)
 VIDEO_LANE_BYTES = 600 * 2**20
 TRACEBACK_LINES = 8
@@ -271,7 +280,11 @@ def _merge(result: SubjectResult, out: Outcome) -> None:
         result.frames = result.frames or r.frames
         result.seconds += r.seconds
     elif result.status == "ok" or out.status == "failed":
-        if result.status == "ok" or result.error is None or result.error.startswith("not built"):
+        # a real failure beats a "not built" skip; of two failures (a dead worker can take several
+        # tasks with it, in whatever order the scheduler reports them) the earliest stage is reported
+        earlier = (out.status == "failed" and result.failed_stage in ORDER and out.stage in ORDER
+                   and ORDER.index(out.stage) < ORDER.index(result.failed_stage))
+        if result.status == "ok" or result.error is None or result.error.startswith("not built") or earlier:
             result.status, result.failed_stage, result.error = "failed", out.stage, out.error
             result.traceback, result.input_file = out.traceback, out.input_file
 

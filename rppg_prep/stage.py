@@ -14,11 +14,12 @@ import enum
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ArraySpec", "Stage", "canonical_json", "node_key", "node_provenance", "params_from_dict"]
+__all__ = ["ArraySpec", "Stage", "NodeContext", "canonical_json", "node_key", "node_provenance", "params_from_dict"]
 
 KEY_LEN = 64
 
@@ -60,8 +61,15 @@ class Stage:
     params : type
         Frozen dataclass of the settings that change the output (never execution settings).
     inputs : tuple of str
-        Upstream stage names whose node keys enter this stage's key.
+        Upstream stage names whose node keys enter this stage's key; the build runs a stage after
+        its inputs (:func:`rppg_prep.stages.topological_order`).
     outputs : tuple of ArraySpec
+        The arrays the node holds; the kernel creates them from these (:meth:`NodeContext.create`).
+    fn : callable (NodeContext) -> None, or (NodeContext) -> FrameConsumer
+        The kernel. A stage that reads other nodes writes its node in one call. A ``streams``
+        stage returns a consumer of the one streaming pass over the frames instead.
+    streams : bool
+        The stage is fed from the frame source (decode, landmarks, face share one pass).
     """
 
     name: str
@@ -69,6 +77,107 @@ class Stage:
     params: type
     inputs: tuple[str, ...]
     outputs: tuple[ArraySpec, ...]
+    fn: Callable[[NodeContext], Any] | None = None
+    streams: bool = False
+
+    def spec(self, name: str) -> ArraySpec:
+        """The declared output ``name``.
+
+        Parameters
+        ----------
+        name : str
+
+        Returns
+        -------
+        ArraySpec
+
+        Raises
+        ------
+        KeyError
+            Not an output of this stage.
+        """
+        for s in self.outputs:
+            if s.name == name:
+                return s
+        raise KeyError(f"stage {self.name} declares no output {name!r}; outputs: {[s.name for s in self.outputs]}")
+
+
+@dataclass
+class NodeContext:
+    """What a stage kernel gets: its subject, params, upstream nodes and the writer of its node.
+
+    Parameters
+    ----------
+    stage : Stage
+    subject : rppg_prep.subject.Subject
+    params : dataclass instance
+        The stage's params.
+    inputs : dict of str to zarr.Group
+        Upstream stage -> its committed node (opened read-only).
+    writer : rppg_prep.store.NodeWriter or None
+        Where the node goes; None when the node is fresh and a streaming stage only feeds the
+        stages after it.
+    progress : callable (done, total)
+        Progress within the node.
+    notes : list of str
+        Warnings for the build summary; the kernel appends to it.
+    truth : callable () -> rppg_prep.subject.Truth, optional
+        Reads the subject's ground truth (for stages that take it, like ``labels``).
+    """
+
+    stage: Stage
+    subject: Any
+    params: Any
+    inputs: dict[str, Any]
+    writer: Any
+    progress: Callable[[int, int], None]
+    notes: list[str] = dataclasses.field(default_factory=list)
+    truth: Callable[[], Any] | None = None
+
+    def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], fill_value: Any = 0) -> Any:
+        """Create the declared output ``name`` (dtype, axes, unit and doc from its :class:`ArraySpec`).
+
+        Parameters
+        ----------
+        name : str
+            An output of the stage.
+        shape, chunks : tuple of int
+            Axis 0 may start at 0 and grow by appends.
+        fill_value : scalar
+
+        Returns
+        -------
+        zarr.Array
+        """
+        s = self.stage.spec(name)
+        return self.writer.create(name, shape=shape, dtype=s.dtype, chunks=chunks, unit=s.unit, axes=s.axes,
+                                  doc=s.doc, fill_value=fill_value)
+
+    def write(self, name: str, data: Any, chunks: tuple[int, ...] | None = None) -> None:
+        """Write the declared output ``name`` whole.
+
+        Parameters
+        ----------
+        name : str
+            An output of the stage.
+        data : array_like
+            Of the declared dtype.
+        chunks : tuple of int, optional
+            Default: one chunk.
+
+        Raises
+        ------
+        TypeError
+            ``data`` is not of the declared dtype (the declaration and the kernel disagree).
+        """
+        import numpy as np
+
+        s = self.stage.spec(name)
+        data = np.asarray(data)
+        if data.dtype != np.dtype(s.dtype):
+            raise TypeError(f"stage {self.stage.name}: output {name} is declared {s.dtype}, got {data.dtype}")
+        chunks = chunks or tuple(max(d, 1) for d in data.shape)
+        self.writer.write(name, data, chunks=chunks, unit=s.unit, axes=s.axes, doc=s.doc)
 
 
 def _plain(obj: Any) -> Any:

@@ -35,6 +35,9 @@ from rppg_prep.errors import StoreError
 
 __all__ = [
     "NodeWriter",
+    "Appender",
+    "atomic_write",
+    "node_attrs",
     "node_path",
     "open_node",
     "node_exists",
@@ -326,6 +329,39 @@ class NodeWriter:
             self.commit()
         else:
             self.abort()
+
+
+class Appender:
+    """Buffers appends to a growing array of a :class:`NodeWriter` so that each write fills whole chunks.
+
+    Parameters
+    ----------
+    writer : NodeWriter
+    name : str
+        An array created with 0 rows.
+    chunk : int
+        Rows per chunk along axis 0.
+    """
+
+    def __init__(self, writer: NodeWriter, name: str, chunk: int):
+        self.w, self.name, self.chunk, self.buf = writer, name, chunk, []
+        self.n = 0
+
+    def add(self, data: np.ndarray) -> None:
+        """Queue rows; whole chunks are written as soon as they are complete."""
+        self.buf.append(data)
+        self.n += len(data)
+        if self.n >= self.chunk:
+            joined = np.concatenate(self.buf)
+            cut = (len(joined) // self.chunk) * self.chunk
+            self.w.append(self.name, joined[:cut])
+            self.buf, self.n = ([joined[cut:]] if cut < len(joined) else []), len(joined) - cut
+
+    def close(self) -> None:
+        """Write the rows still queued (the last, partial chunk)."""
+        if self.buf:
+            self.w.append(self.name, np.concatenate(self.buf))
+        self.buf, self.n = [], 0
 
 
 def node_lock(cache: str | Path, key: str, *, timeout_s: float = -1) -> FileLock:

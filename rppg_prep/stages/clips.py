@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from rppg_prep.errors import ConfigError
-from rppg_prep.stage import ArraySpec, Stage
+from rppg_prep.stage import ArraySpec, NodeContext, Stage
 
-__all__ = ["ClipParams", "STAGE", "clip_windows", "iter_clips"]
+__all__ = ["ClipParams", "STAGE", "clip_windows", "iter_clips", "write_node"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,18 +40,6 @@ class ClipParams:
         if self.length_frames < 2 or self.stride_frames < 1 or not 8 <= self.size_px <= 1024:
             raise ConfigError(f"invalid clip params {self}: need length_frames >= 2, stride_frames >= 1, "
                               "8 <= size_px <= 1024")
-
-
-STAGE = Stage(
-    name="clips",
-    version="1",
-    params=ClipParams,
-    inputs=("face",),
-    outputs=(
-        ArraySpec("clips", "uint8", ("clip", "frame", "y", "x", "channel"), "", "RGB clip tensors"),
-        ArraySpec("window", "int64", ("clip", "start_stop"), "frame", "[start, stop) frame index of each clip"),
-    ),
-)
 
 
 def clip_windows(n_frames: int, length: int, stride: int) -> np.ndarray:
@@ -108,3 +96,37 @@ def iter_clips(read_frames: Callable[[int, int], np.ndarray], windows: np.ndarra
         for k in [k for k in buf if k < start]:
             del buf[k]
         yield np.stack([buf[i] for i in range(start, stop)])
+
+
+def write_node(ctx: NodeContext) -> None:
+    """Kernel of the stage: cut the clips of the face node's crops into ``ctx.writer``.
+
+    Parameters
+    ----------
+    ctx : NodeContext
+        ``inputs["face"]`` holds the (T, S, S, 3) uint8 crops; ``params`` a :class:`ClipParams`.
+    """
+    cp = ctx.params
+    frames = ctx.inputs["face"]["frames"]
+    n = frames.shape[0]
+    win = clip_windows(n, cp.length_frames, cp.stride_frames)
+    length, s = cp.length_frames, cp.size_px
+    ctx.writer.attrs["n_clips"] = len(win)
+    arr = ctx.create("clips", (len(win), length, s, s, 3), (1, length, s, s, 3))
+    for i, clip in enumerate(iter_clips(lambda a, b: frames[a:min(b, n)], win, s)):
+        arr[i] = clip
+        ctx.progress(i + 1, len(win))
+    ctx.write("window", win, chunks=(max(len(win), 1), 2))
+
+
+STAGE = Stage(
+    name="clips",
+    version="1",
+    params=ClipParams,
+    inputs=("face",),
+    outputs=(
+        ArraySpec("clips", "uint8", ("clip", "frame", "y", "x", "channel"), "", "RGB clip tensors"),
+        ArraySpec("window", "int64", ("clip", "start_stop"), "frame", "[start, stop) frame index of each clip"),
+    ),
+    fn=write_node,
+)

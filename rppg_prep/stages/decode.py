@@ -12,14 +12,73 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rppg_prep.stage import ArraySpec, Stage
+from rppg_prep.stage import ArraySpec, NodeContext, Stage
 
-__all__ = ["DecodeParams", "STAGE"]
+__all__ = ["DecodeParams", "STAGE", "FrameTimes", "consume"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class DecodeParams:
     """Decode settings that change the output (none yet: frames are always RGB uint8)."""
+
+
+class FrameTimes:
+    """Consumer of the streaming pass that collects the frame times and writes the decode node.
+
+    Parameters
+    ----------
+    ctx : NodeContext
+        ``writer`` is None when the node is fresh: the times are still collected for the stages
+        after it.
+    carry : dict
+        Shared by the consumers of one pass; holds ``info`` (the source's ``VideoInfo``). On
+        :meth:`finish` this consumer adds ``t_s`` (T,) float64 s, ``n_frames`` and ``fps`` (the
+        effective rate, Hz).
+    """
+
+    def __init__(self, ctx: NodeContext, carry: dict):
+        self.ctx, self.parts = ctx, []
+
+    def push(self, batch, carry: dict) -> None:
+        """Take a batch's times (``batch.t_s``, NaN where the container gives none)."""
+        self.parts.append(batch.t_s)
+
+    def finish(self, carry: dict) -> None:
+        """Repair the times, put them in ``carry`` and write the node (when there is a writer)."""
+        import numpy as np
+
+        from rppg_prep.sources import repair_times
+
+        info = carry["info"]
+        t_s, n_filled = repair_times(np.concatenate(self.parts), info.fps)
+        n = len(t_s)
+        fps_eff = (n - 1) / max(t_s[-1] - t_s[0], 1e-9) if n > 1 else info.fps
+        carry.update(t_s=t_s, n_frames=n, fps=fps_eff)
+        if n_filled:
+            self.ctx.notes.append(f"{n_filled} frame time(s) missing in the container; filled from {info.fps:.3f} fps")
+        if self.ctx.writer is not None:
+            self.ctx.writer.attrs.update(n_frames=n, fps_nominal=info.fps, fps=fps_eff, width=info.width,
+                                         height=info.height, times_filled=n_filled)
+            self.ctx.write("t_s", t_s, chunks=(max(n, 1),))
+
+    def abort(self) -> None:
+        """Nothing to release."""
+
+
+def consume(ctx: NodeContext, carry: dict) -> FrameTimes:
+    """Kernel of the stage: a :class:`FrameTimes` consumer of the streaming pass.
+
+    Parameters
+    ----------
+    ctx : NodeContext
+    carry : dict
+        Shared by the consumers of one pass.
+
+    Returns
+    -------
+    FrameTimes
+    """
+    return FrameTimes(ctx, carry)
 
 
 STAGE = Stage(
@@ -28,4 +87,6 @@ STAGE = Stage(
     params=DecodeParams,
     inputs=(),
     outputs=(ArraySpec("t_s", "float64", ("frame",), "s", "presentation time of each frame"),),
+    fn=consume,
+    streams=True,
 )

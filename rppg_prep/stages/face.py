@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rppg_prep.errors import ConfigError
-from rppg_prep.stage import ArraySpec, Stage
+from rppg_prep.errors import ConfigError, FaceNotFoundError
+from rppg_prep.stage import ArraySpec, NodeContext, Stage
 
-__all__ = ["FaceParams", "STAGE", "FaceTracker", "raw_boxes", "crop_square"]
+__all__ = ["FaceParams", "STAGE", "FaceTracker", "raw_boxes", "crop_square", "FaceCrops", "consume", "gaps"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,19 +79,6 @@ class FaceParams:
             raise ConfigError(f"face.gap_report_s must lie in (0, 600] s, got {self.gap_report_s}")
         if not 1 <= self.chunk_frames <= 4096:
             raise ConfigError(f"face.chunk_frames must lie in [1, 4096], got {self.chunk_frames}")
-
-
-STAGE = Stage(
-    name="face",
-    version="1",
-    params=FaceParams,
-    inputs=("decode", "landmarks"),
-    outputs=(
-        ArraySpec("frames", "uint8", ("frame", "y", "x", "channel"), "", "stabilised RGB face crops"),
-        ArraySpec("box", "float32", ("frame", "xywh"), "px", "crop square in the source frame: x0, y0, side, side"),
-        ArraySpec("valid", "bool", ("frame",), "", "face tracked in this frame (gaps <= max_gap_s bridged)"),
-    ),
-)
 
 
 def raw_boxes(landmarks: np.ndarray, detected: np.ndarray) -> np.ndarray:
@@ -245,3 +232,140 @@ class FaceTracker:
             "box": np.asarray(boxes, dtype=np.float32),
             "valid": np.asarray(valid, dtype=bool),
         }
+
+
+#: batches handed to the crop thread and not yet cropped: slack against stalls (execution only)
+CROP_IN_FLIGHT = 4
+
+
+def gaps(valid: np.ndarray, t_s: np.ndarray) -> list[tuple[float, float]]:
+    """Runs of invalid frames.
+
+    Parameters
+    ----------
+    valid : ndarray of bool, shape (T,)
+    t_s : ndarray of float64, shape (T,)
+        Frame times, s.
+
+    Returns
+    -------
+    list of (float, float)
+        (start s, length s) of each run.
+    """
+    bad = np.concatenate([[False], ~valid, [False]]).astype(np.int8)
+    starts, stops = np.flatnonzero(np.diff(bad) == 1), np.flatnonzero(np.diff(bad) == -1)
+    dt = float(np.median(np.diff(t_s))) if len(t_s) > 1 else 0.0
+    return [(float(t_s[a]), float(t_s[b - 1] - t_s[a] + dt)) for a, b in zip(starts, stops)]
+
+
+class FaceCrops:
+    """Consumer of the streaming pass: the smoothed face track and its crops, written to the face node.
+
+    Cropping and compressing run on a second thread while the pass waits on the landmark
+    detector (at most :data:`CROP_IN_FLIGHT` batches ahead).
+
+    Parameters
+    ----------
+    ctx : NodeContext
+        ``params`` a :class:`FaceParams`; ``writer`` the face node.
+    carry : dict
+        Shared by the consumers of one pass: ``info`` (the source's ``VideoInfo``), each batch's
+        ``landmarks`` and ``detected``, and at the end ``t_s``, ``n_frames`` and ``fps``.
+    """
+
+    def __init__(self, ctx: NodeContext, carry: dict):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from rppg_prep.store import Appender
+
+        fp, info = ctx.params, carry["info"]
+        self.ctx, s = ctx, fp.size_px
+        ctx.create("frames", (0, s, s, 3), (fp.chunk_frames, s, s, 3))
+        ctx.create("box", (0, 4), (4096, 4))
+        ctx.create("valid", (0,), (4096,))
+        self.apps = {k: Appender(ctx.writer, k, fp.chunk_frames if k == "frames" else 4096)
+                     for k in ("frames", "box", "valid")}
+        self.tracker = FaceTracker(fp, info.fps, (info.height, info.width))
+        self.valid_parts: list[np.ndarray] = []
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crop")
+        self.in_flight: list = []
+
+    def _emit(self, out: dict[str, np.ndarray] | None) -> None:
+        if out is not None:
+            for k, app in self.apps.items():
+                app.add(out[k])
+            self.valid_parts.append(out["valid"])
+
+    def _crop(self, raw: np.ndarray, frames: np.ndarray) -> None:
+        self._emit(self.tracker.push(raw, frames))
+
+    def push(self, batch, carry: dict) -> None:
+        """Queue the batch's frames with the raw boxes of its landmarks for cropping."""
+        raw = raw_boxes(carry["landmarks"], carry["detected"])
+        self.in_flight.append(self.pool.submit(self._crop, raw, batch.frames))
+        while len(self.in_flight) > CROP_IN_FLIGHT:
+            self.in_flight.pop(0).result()
+
+    def finish(self, carry: dict) -> None:
+        """Crop the last frames, check how much of the video has a face and describe its gaps.
+
+        Raises
+        ------
+        FaceNotFoundError
+            Fewer than ``min_valid_fraction`` of the frames are valid.
+        """
+        fp, subject = self.ctx.params, self.ctx.subject
+        for fut in self.in_flight:
+            fut.result()
+        self.pool.shutdown()
+        self._emit(self.tracker.flush())
+        valid = np.concatenate(self.valid_parts)
+        n, t_s = carry["n_frames"], carry["t_s"]
+        if valid.mean() < fp.min_valid_fraction:
+            raise FaceNotFoundError(
+                f"a face was tracked in only {100 * valid.mean():.0f}% of {n} frames "
+                f"(at least {100 * fp.min_valid_fraction:.0f}% needed, face.min_valid_fraction)",
+                subject=subject.id, path=subject.video)
+        found = [g for g in gaps(valid, t_s) if g[1] >= fp.gap_report_s]
+        for start, length in found[:5]:
+            self.ctx.notes.append(f"no face for {length:.1f} s from {start:.1f} s in {subject.video.name}: "
+                                  "those frames are marked invalid")
+        for app in self.apps.values():
+            app.close()
+        self.ctx.writer.attrs.update(n_frames=n, fps=carry["fps"], size_px=fp.size_px,
+                                     valid_fraction=float(valid.mean()), gaps_s=[list(g) for g in found])
+
+    def abort(self) -> None:
+        """Stop the crop thread."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def consume(ctx: NodeContext, carry: dict) -> FaceCrops:
+    """Kernel of the stage: a :class:`FaceCrops` consumer of the streaming pass.
+
+    Parameters
+    ----------
+    ctx : NodeContext
+    carry : dict
+        Shared by the consumers of one pass.
+
+    Returns
+    -------
+    FaceCrops
+    """
+    return FaceCrops(ctx, carry)
+
+
+STAGE = Stage(
+    name="face",
+    version="1",
+    params=FaceParams,
+    inputs=("decode", "landmarks"),
+    outputs=(
+        ArraySpec("frames", "uint8", ("frame", "y", "x", "channel"), "", "stabilised RGB face crops"),
+        ArraySpec("box", "float32", ("frame", "xywh"), "px", "crop square in the source frame: x0, y0, side, side"),
+        ArraySpec("valid", "bool", ("frame",), "", "face tracked in this frame (gaps <= max_gap_s bridged)"),
+    ),
+    fn=consume,
+    streams=True,
+)

@@ -36,9 +36,9 @@ import numpy as np
 
 from rppg_prep.subject import Truth
 from rppg_prep.errors import ConfigError, GroundTruthError
-from rppg_prep.stage import ArraySpec, Stage
+from rppg_prep.stage import ArraySpec, NodeContext, Stage
 
-__all__ = ["LabelParams", "STAGE", "make_labels"]
+__all__ = ["LabelParams", "STAGE", "make_labels", "write_node"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,41 +76,6 @@ class LabelParams:
 
 
 _W = ("window",)
-STAGE = Stage(
-    name="labels",
-    # 3: frame-locked PPG paired with frames by index, on the logged capture clock; beat-based HR
-    version="3",
-    params=LabelParams,
-    inputs=("decode", "clips", "st_map"),
-    outputs=(
-        ArraySpec("t_s", "float64", ("frame",), "s", "frame clock of the labels: logged capture times where the "
-                  "dataset has them (UBFC-rPPG), else the container's"),
-        ArraySpec("bvp", "float32", ("frame",), "a.u.", "contact PPG of each frame (by index when frame-locked, "
-                  "else resampled onto t_s by time)"),
-        ArraySpec("hr_device_bpm", "float32", ("frame",), "bpm", "device HR on the frame clock, NaN = dropout"),
-        ArraySpec("bvp_ok", "bool", ("frame",), "", "the dataset rates the PPG at this frame reliable"),
-        ArraySpec("beat_t_s", "float64", ("beat",), "s", "systolic peaks of the contact PPG on the frame clock"),
-        ArraySpec("ibi_ms", "float32", ("frame",), "ms", "inter-beat interval the frame falls in, NaN = no beat "
-                  "or a missed beat"),
-        ArraySpec("hr_inst_bpm", "float32", ("frame",), "bpm", "instantaneous HR, 60000 / ibi_ms"),
-        ArraySpec("window", "int64", ("window", "start_stop"), "frame", "sliding HR windows"),
-    ) + tuple(
-        spec for prefix, axis, what in (("", "window", "sliding window"), ("clip_", "clip", "clip"),
-                                        ("st_", "segment", "ST segment"))
-        for spec in (
-            ArraySpec(f"{prefix}hr_bpm", "float32", (axis,), "bpm", f"HR of the PPG per {what} (Welch peak)"),
-            ArraySpec(f"{prefix}hr_beats_bpm", "float32", (axis,), "bpm",
-                      f"HR per {what} from the beats (median instantaneous HR)"),
-            ArraySpec(f"{prefix}snr_db", "float32", (axis,), "dB", f"SNR of the PPG per {what}"),
-            ArraySpec(f"{prefix}hr_device{'_window' if not prefix else ''}_bpm", "float32", (axis,), "bpm",
-                      f"median device HR per {what}"),
-            ArraySpec(f"{prefix}label_quality", "bool", (axis,), "",
-                      f"beats and Welch agree within quality_tol_bpm and no beat is missing in the {what}"),
-        )
-    ),
-)
-
-
 def _check_cover(truth: Truth, t_frames_s: np.ndarray, max_missing: int, subject: str | None,
                  path: str | None) -> list[str]:
     """Raise if the PPG does not cover the video; notes on a sample count off by a little."""
@@ -313,3 +278,67 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
                                          & (np.abs(hr - hr_beats) <= params.quality_tol_bpm))
     out["window"] = sliding
     return out, notes
+
+
+def write_node(ctx: NodeContext) -> None:
+    """Kernel of the stage: read the ground truth and write every label array.
+
+    Parameters
+    ----------
+    ctx : NodeContext
+        ``inputs`` hold the ``decode`` (frame times), ``clips`` and ``st_map`` (windows) nodes;
+        ``truth()`` reads the subject's ground truth; ``params`` a :class:`LabelParams`.
+
+    Raises
+    ------
+    GroundTruthError
+        As :func:`make_labels`, naming the subject and file.
+    """
+    truth = ctx.truth()
+    t_s = ctx.inputs["decode"]["t_s"][:]
+    cw = ctx.inputs["clips"]["window"][:]
+    sw = ctx.inputs["st_map"]["window"][:]
+    arrays, notes = make_labels(truth, t_s, cw, sw, ctx.params, subject=ctx.subject.id,
+                                path=str(ctx.subject.truth[0]))
+    notes = list(truth.notes) + notes
+    ctx.notes.extend(notes)
+    ctx.writer.attrs.update(notes=notes, band_hz=list(ctx.params.band_hz))
+    for name, data in arrays.items():
+        ctx.write(name, data)
+    ctx.progress(1, 1)
+
+
+STAGE = Stage(
+    name="labels",
+    # 3: frame-locked PPG paired with frames by index, on the logged capture clock; beat-based HR
+    version="3",
+    params=LabelParams,
+    inputs=("decode", "clips", "st_map"),
+    outputs=(
+        ArraySpec("t_s", "float64", ("frame",), "s", "frame clock of the labels: logged capture times where the "
+                  "dataset has them (UBFC-rPPG), else the container's"),
+        ArraySpec("bvp", "float32", ("frame",), "a.u.", "contact PPG of each frame (by index when frame-locked, "
+                  "else resampled onto t_s by time)"),
+        ArraySpec("hr_device_bpm", "float32", ("frame",), "bpm", "device HR on the frame clock, NaN = dropout"),
+        ArraySpec("bvp_ok", "bool", ("frame",), "", "the dataset rates the PPG at this frame reliable"),
+        ArraySpec("beat_t_s", "float64", ("beat",), "s", "systolic peaks of the contact PPG on the frame clock"),
+        ArraySpec("ibi_ms", "float32", ("frame",), "ms", "inter-beat interval the frame falls in, NaN = no beat "
+                  "or a missed beat"),
+        ArraySpec("hr_inst_bpm", "float32", ("frame",), "bpm", "instantaneous HR, 60000 / ibi_ms"),
+        ArraySpec("window", "int64", ("window", "start_stop"), "frame", "sliding HR windows"),
+    ) + tuple(
+        spec for prefix, axis, what in (("", "window", "sliding window"), ("clip_", "clip", "clip"),
+                                        ("st_", "segment", "ST segment"))
+        for spec in (
+            ArraySpec(f"{prefix}hr_bpm", "float32", (axis,), "bpm", f"HR of the PPG per {what} (Welch peak)"),
+            ArraySpec(f"{prefix}hr_beats_bpm", "float32", (axis,), "bpm",
+                      f"HR per {what} from the beats (median instantaneous HR)"),
+            ArraySpec(f"{prefix}snr_db", "float32", (axis,), "dB", f"SNR of the PPG per {what}"),
+            ArraySpec(f"{prefix}hr_device{'_window' if not prefix else ''}_bpm", "float32", (axis,), "bpm",
+                      f"median device HR per {what}"),
+            ArraySpec(f"{prefix}label_quality", "bool", (axis,), "",
+                      f"beats and Welch agree within quality_tol_bpm and no beat is missing in the {what}"),
+        )
+    ),
+    fn=write_node,
+)

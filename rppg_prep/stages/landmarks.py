@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from rppg_prep.errors import ConfigError
-from rppg_prep.stage import ArraySpec, Stage
+from rppg_prep.stage import ArraySpec, NodeContext, Stage
 
-__all__ = ["LandmarkParams", "STAGE", "make_detector", "MeshDetector", "HaarDetector", "N_LANDMARKS"]
+__all__ = ["LandmarkParams", "STAGE", "make_detector", "MeshDetector", "HaarDetector", "N_LANDMARKS", "LandmarkTrack", "consume"]
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,6 @@ class LandmarkParams:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"landmarks.{name} must lie in [0, 1], got {v}")
-
-
-STAGE = Stage(
-    name="landmarks",
-    version="1",
-    params=LandmarkParams,
-    inputs=("decode",),
-    outputs=(
-        ArraySpec("landmarks", "float32", ("frame", "landmark", "xy"), "px",
-                  "landmark positions in the source frame, NaN where no face was found"),
-        ArraySpec("detected", "bool", ("frame",), "", "a face was found in this frame"),
-    ),
-)
 
 
 class MeshDetector:
@@ -147,3 +134,93 @@ def make_detector(params: LandmarkParams) -> MeshDetector | HaarDetector | FullF
     """A fresh detector for one video (tracking state must not leak between videos)."""
     kinds = {"mediapipe": MeshDetector, "haar": HaarDetector, "full_frame": FullFrameDetector}
     return kinds[params.backend](params)
+
+
+class LandmarkTrack:
+    """Consumer of the streaming pass: landmarks of every frame, detected (and written) or read back.
+
+    Parameters
+    ----------
+    ctx : NodeContext
+        With a ``writer``, the detector runs on every frame and the node is written; without
+        (a fresh node that a later stage needs), ``inputs["landmarks"]`` is read batch by batch.
+    carry : dict
+        Shared by the consumers of one pass; each :meth:`push` leaves the batch's
+        ``landmarks`` (B, K, 2) float32 px (NaN = no face) and ``detected`` (B,) bool in it.
+    """
+
+    def __init__(self, ctx: NodeContext, carry: dict):
+        from rppg_prep.store import Appender
+
+        self.ctx, lp = ctx, ctx.params
+        self.n_lm = N_LANDMARKS[lp.backend]
+        self.detector = None
+        if ctx.writer is not None:
+            ctx.writer.attrs.update(n_landmarks=self.n_lm, backend=lp.backend)
+            ctx.create("landmarks", (0, self.n_lm, 2), (256, self.n_lm, 2), fill_value=float("nan"))
+            ctx.create("detected", (0,), (4096,), fill_value=False)
+            self.apps = (Appender(ctx.writer, "landmarks", 256), Appender(ctx.writer, "detected", 4096))
+            self.detector = make_detector(lp)
+
+    def push(self, batch, carry: dict) -> None:
+        """Landmarks of the batch's frames (``batch.frames`` (B, H, W, 3) uint8 RGB) into ``carry``."""
+        b = len(batch.frames)
+        if self.detector is not None:
+            lm = np.full((b, self.n_lm, 2), np.nan, dtype=np.float32)
+            det = np.zeros(b, dtype=bool)
+            for i, fr in enumerate(batch.frames):
+                pts = self.detector(fr)
+                if pts is not None:
+                    lm[i], det[i] = pts, True
+            self.apps[0].add(lm)
+            self.apps[1].add(det)
+        else:
+            stored = self.ctx.inputs["landmarks"]
+            sl = slice(batch.start, batch.start + b)
+            lm, det = stored["landmarks"][sl], stored["detected"][sl]
+        carry["landmarks"], carry["detected"] = lm, det
+
+    def finish(self, carry: dict) -> None:
+        """Release the detector and write the last rows."""
+        if self.detector is not None:
+            self.detector.close()
+            self.detector = None
+            for app in self.apps:
+                app.close()
+
+    def abort(self) -> None:
+        """Release the detector."""
+        if self.detector is not None:
+            self.detector.close()
+            self.detector = None
+
+
+def consume(ctx: NodeContext, carry: dict) -> LandmarkTrack:
+    """Kernel of the stage: a :class:`LandmarkTrack` consumer of the streaming pass.
+
+    Parameters
+    ----------
+    ctx : NodeContext
+    carry : dict
+        Shared by the consumers of one pass.
+
+    Returns
+    -------
+    LandmarkTrack
+    """
+    return LandmarkTrack(ctx, carry)
+
+
+STAGE = Stage(
+    name="landmarks",
+    version="1",
+    params=LandmarkParams,
+    inputs=("decode",),
+    outputs=(
+        ArraySpec("landmarks", "float32", ("frame", "landmark", "xy"), "px",
+                  "landmark positions in the source frame, NaN where no face was found"),
+        ArraySpec("detected", "bool", ("frame",), "", "a face was found in this frame"),
+    ),
+    fn=consume,
+    streams=True,
+)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from rppg_prep.errors import ConfigError
-from rppg_prep.stage import ArraySpec, Stage
+from rppg_prep.stage import ArraySpec, NodeContext, Stage
 
-__all__ = ["StMapParams", "STAGE", "strip_columns", "segment_windows", "st_images"]
+__all__ = ["StMapParams", "STAGE", "strip_columns", "segment_windows", "st_images", "write_node"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,20 +47,6 @@ class StMapParams:
     def __post_init__(self) -> None:
         if self.segment_s <= 0 or self.stride_s <= 0 or self.strip_px < 1 or not 0 <= self.margin_frac < 0.5:
             raise ConfigError(f"invalid st_map params {self}")
-
-
-STAGE = Stage(
-    name="st_map",
-    version="1",
-    params=StMapParams,
-    inputs=("face",),
-    outputs=(
-        ArraySpec("images", "uint8", ("segment", "strip", "y", "x_time", "channel"), "",
-                  "ST images: face row x (strip_px x frame), RGB"),
-        ArraySpec("window", "int64", ("segment", "start_stop"), "frame", "[start, stop) frames of each segment"),
-        ArraySpec("strip_col", "int64", ("strip",), "px", "first crop column of each strip"),
-    ),
-)
 
 
 def strip_columns(width: int, strip_px: int, margin_frac: float) -> np.ndarray:
@@ -128,3 +114,45 @@ def st_images(frames: np.ndarray, cols: np.ndarray, strip_px: int) -> np.ndarray
         strips = np.ascontiguousarray(frames[:, :, idx, :]).reshape(n, h, r * strip_px * 3).view(item)
     out = np.ascontiguousarray(strips.transpose(2, 1, 0))                      # (R, H, N)
     return out.view(np.uint8).reshape(r, h, n * strip_px, 3)
+
+
+def write_node(ctx: NodeContext) -> None:
+    """Kernel of the stage: the ST images of every segment of the face node's crops.
+
+    Parameters
+    ----------
+    ctx : NodeContext
+        ``inputs["face"]`` holds the (T, S, S, 3) uint8 crops and their ``fps``; ``params`` a
+        :class:`StMapParams`.
+    """
+    sp = ctx.params
+    fnode = ctx.inputs["face"]
+    frames = fnode["frames"]
+    n, h, wd = frames.shape[:3]
+    fps = float(fnode.attrs["fps"])
+    win = segment_windows(n, fps, sp.segment_s, sp.stride_s)
+    cols = strip_columns(wd, sp.strip_px, sp.margin_frac)
+    seg_len = int(win[0, 1] - win[0, 0]) if len(win) else int(round(sp.segment_s * fps))
+    shape = (len(win), len(cols), h, sp.strip_px * seg_len, 3)
+    ctx.writer.attrs.update(n_segments=len(win), n_strips=len(cols))
+    arr = ctx.create("images", shape, (1, 1) + shape[2:])
+    for i, (a, b) in enumerate(win):
+        arr[i] = st_images(frames[a:b], cols, sp.strip_px)
+        ctx.progress(i + 1, len(win))
+    ctx.write("window", win, chunks=(max(len(win), 1), 2))
+    ctx.write("strip_col", cols, chunks=(max(len(cols), 1),))
+
+
+STAGE = Stage(
+    name="st_map",
+    version="1",
+    params=StMapParams,
+    inputs=("face",),
+    outputs=(
+        ArraySpec("images", "uint8", ("segment", "strip", "y", "x_time", "channel"), "",
+                  "ST images: face row x (strip_px x frame), RGB"),
+        ArraySpec("window", "int64", ("segment", "start_stop"), "frame", "[start, stop) frames of each segment"),
+        ArraySpec("strip_col", "int64", ("strip",), "px", "first crop column of each strip"),
+    ),
+    fn=write_node,
+)
