@@ -26,6 +26,7 @@ are CPU tensors; :func:`to_device` moves a batch with pinned memory and ``non_bl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -229,12 +230,22 @@ class ClipDataset(Dataset):
                           for s, (c, lab) in self.paths.items()}
         return self._open
 
+    def _read(self, sid: str, which: int, read: Callable[[], np.ndarray], what: str) -> np.ndarray:
+        """Read through zarr, whose crc32c codec checks every chunk; a bad chunk is an error naming its node."""
+        try:
+            return read()
+        except (ValueError, OSError, RuntimeError) as exc:  # zarr: "Stored and computed checksum do not match"
+            from rppg_prep.errors import StoreError
+
+            raise StoreError(f"{what} of subject {sid} cannot be read ({exc}); the store is damaged: run "
+                             "`rppg-prep verify --repair`", subject=sid, path=self.paths[sid][which]) from None
+
     def __getitem__(self, i: int):
         si, k = self.index[i]
         sid = self.subjects[si]
         clips, labels = self._nodes()[sid]
         a, b = self.windows[sid][k]
-        raw = np.asarray(clips["clips"][k])
+        raw = self._read(sid, 0, lambda: np.asarray(clips["clips"][k]), f"clips chunk {k}")
         if self.size_px is not None:
             raw = resize_clip(raw, self.size_px)
         x = normalize(raw, self.norm)          # (L, H, W, C)
@@ -242,7 +253,8 @@ class ClipDataset(Dataset):
             x = x.transpose(3, 0, 1, 2)
         elif self.layout == "NDCHW":
             x = x.transpose(0, 3, 1, 2)
-        bvp = _label(np.asarray(labels["bvp"][a:b], dtype=np.float32), self.label_norm)
+        bvp = _label(self._read(sid, 1, lambda: np.asarray(labels["bvp"][a:b], dtype=np.float32),
+                                f"bvp frames {a}-{b}"), self.label_norm)
         return (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(bvp.astype(np.float32)),
                 torch.tensor(float(self.hr[sid][k])), torch.tensor([si, k]))
 

@@ -16,6 +16,7 @@ inputs; a node whose key exists is not recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rppg_prep.datasets import Subject, get_loader, open_source
-from rppg_prep.errors import VideoDecodeError
+from rppg_prep.errors import RppgPrepError, StoreError, VideoDecodeError
 from rppg_prep.pipeline import ORDER, STAGES, Pipeline, load_pipeline
 from rppg_prep.stage import NodeContext, node_key, node_provenance
 from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node
@@ -167,6 +168,20 @@ def _attrs(pipe: Pipeline, subject: Subject, node: NodePlan, plan: dict[str, Nod
                            source={"video": str(subject.video), "truth": [str(p) for p in subject.truth]}, **extra)
 
 
+@contextlib.contextmanager
+def _node_io(subject: Subject, node: NodePlan):
+    """An OS error (a full disk, a read-only cache) while a node is built names that node."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, RppgPrepError):
+            raise
+        raise StoreError(f"I/O error while building node {node.stage}-{node.key[:12]}: {exc.strerror or exc}. "
+                         "Nothing of this node was committed; the nodes built before it are kept. Free space "
+                         "or fix the cache's permissions, then run the build again", subject=subject.id,
+                         path=node.path) from exc
+
+
 def _ctx(pipe: Pipeline, subject: Subject, name: str, inputs: dict[str, Any], writer: NodeWriter | None,
          progress: ProgressFn) -> NodeContext:
     return NodeContext(STAGES[name], subject, pipe.params[name], inputs, writer,
@@ -214,25 +229,33 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
     try:
         for name in (s for s in streaming if s in wanted):
             node = plan[name]
-            writer = None if node.fresh else NodeWriter(node.path, _attrs(pipe, subject, node, plan),
-                                                        replace=node.force)
-            inputs = {name: open_node(node.path)} if node.fresh else {}
-            ctx = _ctx(pipe, subject, name, inputs, writer, progress)
-            consumers.append((name, ctx, STAGES[name].fn(ctx, carry)))
+            with _node_io(subject, node):
+                writer = None if node.fresh else NodeWriter(node.path, _attrs(pipe, subject, node, plan),
+                                                            replace=node.force)
+                try:
+                    inputs = {name: open_node(node.path)} if node.fresh else {}
+                    ctx = _ctx(pipe, subject, name, inputs, writer, progress)
+                    consumers.append((name, ctx, STAGES[name].fn(ctx, carry)))
+                except BaseException:
+                    if writer is not None:
+                        writer.abort()
+                    raise
         shown = next((s for s in reversed(streaming) if s in wanted and not plan[s].fresh), streaming[0])
         total = max(source.info.n_frames, 1)
         for batch in source.batches(BATCH_FRAMES):
-            for _, _, consumer in consumers:
-                consumer.push(batch, carry)
+            for name, _, consumer in consumers:
+                with _node_io(subject, plan[name]):
+                    consumer.push(batch, carry)
             progress(subject.id, shown, batch.start + len(batch.frames), total)
         res.frames = carry.get("n_frames", 0)
         for name, ctx, consumer in consumers:
-            consumer.finish(carry)
-            res.notes.extend(ctx.notes)
-            if ctx.writer is not None:
-                ctx.writer.commit()
-                committed.add(name)
-                res.ran.append(name)
+            with _node_io(subject, plan[name]):
+                consumer.finish(carry)
+                res.notes.extend(ctx.notes)
+                if ctx.writer is not None:
+                    ctx.writer.commit()
+                    committed.add(name)
+                    res.ran.append(name)
     except BaseException:
         for name, ctx, consumer in consumers:
             consumer.abort()
@@ -266,7 +289,8 @@ def run_stage(name: str, pipe: Pipeline, subject: Subject, plan: dict[str, NodeP
     """
     st, node = STAGES[name], plan[name]
     inputs = {u: open_node(plan[u].path) for u in st.inputs}
-    with NodeWriter(node.path, _attrs(pipe, subject, node, plan), replace=node.force) as writer:
+    with _node_io(subject, node), NodeWriter(node.path, _attrs(pipe, subject, node, plan),
+                                             replace=node.force) as writer:
         ctx = _ctx(pipe, subject, name, inputs, writer, progress)
         st.fn(ctx)
     res.notes.extend(ctx.notes)

@@ -438,6 +438,69 @@ def datasets_command(name: str | None) -> None:
     console.print(table)
 
 
+@main.command()
+@click.argument("pipeline", default="ubfc")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
+              help="Store root holding the build.")
+@click.option("--repair", is_flag=True,
+              help="Rebuild exactly the damaged nodes from the dataset root the build recorded (each replaces "
+                   "the damaged one atomically), then verify again.")
+def verify(pipeline: str, cache: Path, repair: bool) -> None:
+    """Read every chunk of every node of PIPELINE's build and check it against its CRC-32C checksum and
+    the node's content digest.
+
+    Prints each missing or corrupt chunk by subject, stage, array and chunk index, and exits 1 when
+    any is found (0 when the store is intact). With --repair the damaged nodes are rebuilt and the
+    store is verified again.
+    """
+    from rich.progress import Progress
+
+    from rppg_prep.errors import RppgPrepError
+    from rppg_prep.integrity import verify_build
+
+    console = stderr_console()
+    pipe = load_pipeline_or_exit(pipeline)
+
+    def check() -> tuple[int, list]:
+        with Progress(transient=True, console=console) as bar:
+            task = bar.add_task("verifying nodes", total=None)
+            return verify_build(cache, pipe.dataset, pipe.name, progress=lambda d, t: bar.update(task, completed=d,
+                                                                                                   total=t))
+
+    try:
+        n, problems = check()
+    except RppgPrepError as exc:
+        raise click.ClickException(str(exc)) from None
+    for p in problems:
+        click.echo(str(p))
+    if not problems:
+        click.echo(f"{n} node(s) of {pipe.name} verified: every chunk matches its checksum")
+        return
+    bad = sorted({(p.subject, p.stage) for p in problems})
+    click.echo(f"{len(problems)} problem(s) in {len(bad)} of {n} node(s): "
+               + ", ".join(f"{sid}/{st}" for sid, st in bad))
+    if not repair:
+        click.echo("run `rppg-prep verify --repair` to rebuild them")
+        sys.exit(1)
+    from rppg_prep.dag import repair as repair_build
+
+    try:
+        results, removed = repair_build(pipe, cache, problems)
+    except RppgPrepError as exc:
+        raise click.ClickException(str(exc)) from None
+    for r in results:
+        click.echo(f"rebuilt {r.subject}: {', '.join(r.ran) or 'nothing'}" if r.status == "ok"
+                   else f"could not rebuild {r.subject}: {r.error}")
+    for what in removed:
+        click.echo(f"removed {what}: derived from a trained model; run `rppg-prep train st2s` to make it again")
+    n, problems = check()
+    for p in problems:
+        click.echo(str(p))
+    if problems:
+        sys.exit(1)
+    click.echo(f"repaired: {n} node(s) verified")
+
+
 @main.command("gc")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
               help="Store root to clean.")

@@ -47,7 +47,7 @@ from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
 from rppg_prep.manifest import read_manifest, record_build
 from rppg_prep.store import node_attrs, node_bytes, node_exists, node_lock, open_node
 
-__all__ = ["run_build", "subject_status", "gc", "VIDEO_STAGES", "TASK_STAGES"]
+__all__ = ["run_build", "subject_status", "gc", "repair", "VIDEO_STAGES", "TASK_STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,7 @@ def _finalize(result: SubjectResult, plan: dict[str, NodePlan] | None) -> Subjec
 
 def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, root: str | Path | None = None,
               scheduler: str = "threads", workers: int = 1, force: Iterable[str] = (),
+              force_nodes: Iterable[tuple[str, str]] = (),
               progress: ProgressFn | None = None,
               on_result: Callable[[SubjectResult], None] | None = None) -> list[SubjectResult]:
     """Build ``subjects`` and return one result per subject, in the order given.
@@ -317,6 +318,9 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
         Worker processes of a ``local-cluster``.
     force : iterable of str
         Stages to recompute even where their node exists.
+    force_nodes : iterable of (subject, stage)
+        Single nodes to recompute (``rppg-prep verify --repair``); the new node replaces the old
+        one atomically.
     progress : callable (subject, stage, done, total), optional
         Frame-level progress (``threads`` only).
     on_result : callable (SubjectResult), optional
@@ -333,8 +337,8 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
     ConfigError
         Unknown ``force`` stage or scheduler.
     """
-    force = tuple(force)
-    unknown = sorted(set(force) - set(ORDER))
+    force, force_nodes = tuple(force), tuple(force_nodes)
+    unknown = sorted(set(force) - set(ORDER) | {st for _, st in force_nodes} - set(ORDER))
     if unknown:
         raise ConfigError(f"--force names unknown stage(s) {unknown}; stages: {list(ORDER)}")
     if scheduler not in ("threads", "local-cluster") and not scheduler.startswith("tcp://"):
@@ -348,7 +352,7 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
         except Exception as exc:  # a missing video: nothing of this subject can be keyed
             _merge(results[subj.id], _failed(subj, "video", "decode", exc))
             continue
-        for name in force:
+        for name in force + tuple(st for sid, st in force_nodes if sid == subj.id):
             plan[name].fresh, plan[name].force = False, True
         results[subj.id].nodes = {s: {"key": p.key, "path": p.path.relative_to(Path(cache)).as_posix()}
                                   for s, p in plan.items()}
@@ -505,3 +509,64 @@ def gc(cache: str | Path, *, dry_run: bool = False) -> tuple[list[Path], int]:
                 if not any(c.is_dir() for c in subject.iterdir()):
                     shutil.rmtree(subject, ignore_errors=True)
     return victims, freed
+
+
+def repair(pipe: Pipeline, cache: str | Path, problems: list, *,
+           progress: ProgressFn | None = None) -> tuple[list[SubjectResult], list[str]]:
+    """Rebuild exactly the nodes :func:`rppg_prep.integrity.verify_build` found damaged.
+
+    Each damaged core node is recomputed from the dataset root the manifest records and replaces
+    the damaged one atomically; every other node is kept. A damaged node derived from a trained
+    model (ST2S's ``st2s_pred`` / ``split``) cannot be rebuilt without retraining: it is removed
+    and dropped from the manifest.
+
+    Parameters
+    ----------
+    pipe : Pipeline
+        The build's pipeline (its config must be the manifest's).
+    cache : str or Path
+        Store root.
+    problems : list of ChunkProblem
+        From :func:`rppg_prep.integrity.verify_build`.
+    progress : callable (subject, stage, done, total), optional
+
+    Returns
+    -------
+    results : list of SubjectResult
+        One per subject rebuilt.
+    removed : list of str
+        Derived nodes removed (rebuild them with ``rppg-prep train st2s``).
+
+    Raises
+    ------
+    ConfigError
+        ``pipe``'s config differs from the build's.
+    DatasetLayoutError
+        The dataset root of the build is gone.
+    """
+    from rppg_prep.datasets import get_loader
+    from rppg_prep.manifest import forget_nodes
+
+    man = read_manifest(cache, pipe.dataset, pipe.name)
+    if man.get("config") != pipe.config():
+        raise ConfigError(f"pipeline {pipe.name!r} now resolves to another config than the one the build used; "
+                          "repair rebuilds with the build's own settings only")
+    core = {(p.subject, p.stage) for p in problems if p.stage in ORDER}
+    derived = sorted({(p.subject, p.stage, p.node) for p in problems if p.stage not in ORDER})
+    removed = []
+    for sid, stage, node in derived:
+        if node.exists():
+            trash = Path(cache) / ".partial" / f"{node.name}.damaged-{os.getpid()}"
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(node, trash)  # gone at once, then deleted: never a half-deleted node in place
+            shutil.rmtree(trash, ignore_errors=True)
+        removed.append(f"subject {sid}, {stage} ({node.name})")
+    if derived:
+        forget_nodes(cache, pipe.dataset, pipe.name, {sid: [st for s2, st, _ in derived if s2 == sid]
+                                                      for sid, _, _ in derived})
+    if not core:
+        return [], removed
+    found = {s.id: s for s in get_loader(pipe.dataset).find_subjects(man["root"])}
+    subjects = [found[sid] for sid in sorted({sid for sid, _ in core})]
+    results = run_build(pipe, subjects, cache, root=man["root"], force_nodes=core, progress=progress)
+    return results, removed

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from rppg_prep.build import SubjectResult
     from rppg_prep.pipeline import Pipeline
 
-__all__ = ["manifest_path", "read_manifest", "record_build", "record_nodes", "build_key", "open_build"]
+__all__ = ["manifest_path", "read_manifest", "record_build", "record_nodes", "forget_nodes", "build_key",
+           "open_build"]
 
 
 def manifest_path(cache: str | Path, dataset: str, pipeline: str) -> Path:
@@ -175,6 +176,36 @@ def record_nodes(cache: str | Path, dataset: str, pipeline: str, nodes: dict[str
                                      "since; run it again", path=path)
                 rel = node_path(cache, dataset, sid, stage, node["key"]).relative_to(Path(cache)).as_posix()
                 rec["nodes"][stage] = {"key": node["key"], "path": rel, "inputs": dict(node["inputs"])}
+        write_json_atomic(path, man)
+
+
+def forget_nodes(cache: str | Path, dataset: str, pipeline: str, nodes: dict[str, list[str]]) -> None:
+    """Drop derived nodes from a build's manifest (after they were removed as damaged).
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
+        The build.
+    nodes : dict of str to list of str
+        subject -> stages to forget; core stages are never forgotten (a build re-records them).
+
+    Raises
+    ------
+    StoreError
+        No such build.
+    """
+    from rppg_prep.pipeline import ORDER
+
+    path = manifest_path(cache, dataset, pipeline)
+    with file_lock(path):
+        man = read_manifest(cache, dataset, pipeline)
+        for sid, stages in nodes.items():
+            rec = man["subjects"].get(sid, {}).get("nodes", {})
+            for stage in stages:
+                if stage not in ORDER:
+                    rec.pop(stage, None)
         write_json_atomic(path, man)
 
 

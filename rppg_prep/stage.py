@@ -22,6 +22,9 @@ from typing import Any
 __all__ = ["ArraySpec", "Stage", "NodeContext", "canonical_json", "node_key", "node_provenance", "params_from_dict"]
 
 KEY_LEN = 64
+#: on-disk format of every node; part of every key, so a change rebuilds every node once
+#: (2: each chunk ends with its CRC-32C, empty chunks are written, nodes record a content digest)
+STORE_FORMAT = "2"
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,7 @@ def node_key(stage: Stage, params: Any, upstream: dict[str, str], fingerprints: 
         64 lowercase hex characters.
     """
     payload = {
+        "store": STORE_FORMAT,
         "stage": stage.name,
         "version": stage.version,
         "params": params,

@@ -267,12 +267,15 @@ class NodeWriter:
                unit: str = "", axes: tuple[str, ...] = (), doc: str = "", fill_value: Any = 0) -> zarr.Array:
         """Create an array in the node (shape may start at 0 along axis 0 and grow by :meth:`append`)."""
         dtype = np.dtype(dtype)
-        from zarr.codecs import BloscCodec
+        from zarr.codecs import BloscCodec, Crc32cCodec
 
-        codec = BloscCodec(**(PIXEL_CODEC if dtype == np.uint8 else SIGNAL_CODEC))
-        arr = self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, compressors=codec,
+        _inject_fault("enospc", self.attrs)
+        # crc32c last: every chunk file carries the checksum of its bytes, checked on every read;
+        # empty chunks are written too, so that a deleted chunk file is a visible loss
+        codecs = (BloscCodec(**(PIXEL_CODEC if dtype == np.uint8 else SIGNAL_CODEC)), Crc32cCodec())
+        arr = self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, compressors=codecs,
                                       fill_value=fill_value, dimension_names=axes or None,
-                                      attributes={"unit": unit, "doc": doc})
+                                      attributes={"unit": unit, "doc": doc}, config={"write_empty_chunks": True})
         self.arrays[name] = arr
         return arr
 
@@ -296,6 +299,9 @@ class NodeWriter:
         self.attrs["wall_s"] = round(time.perf_counter() - self._t0, 3)
         self.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.attrs["bytes"] = sum(f.stat().st_size for f in self.tmp.rglob("*") if f.is_file())
+        from rppg_prep.integrity import content_digest
+
+        self.attrs["content_digest"] = content_digest(self.tmp)
         self.attrs["complete"] = True
         self.group.attrs.update(self.attrs)
         _ensure_group(self.final.parents[1], {"rppg_prep": "dataset store"})
@@ -329,6 +335,15 @@ class NodeWriter:
             self.commit()
         else:
             self.abort()
+
+
+def _inject_fault(kind: str, attrs: dict[str, Any]) -> None:
+    """Fault injection for the tests and ``benchmarks/faults.py``: ``RPPG_PREP_FAULT=enospc:<stage>:<subject>``
+    makes writing that node fail as a full disk would."""
+    if os.environ.get("RPPG_PREP_FAULT", "") == f"{kind}:{attrs.get('stage')}:{attrs.get('subject')}":
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 class Appender:

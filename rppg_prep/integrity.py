@@ -1,0 +1,221 @@
+"""Chunk checksums and node digests: finding a store that is no longer what the build wrote.
+
+Every array a stage writes ends its codec chain with zarr v3's ``crc32c`` codec: each chunk file
+carries the CRC-32C of its compressed bytes in its last 4 bytes (little-endian), which zarr checks
+on every read. With ``write_empty_chunks`` on, every chunk of the grid is a file, so a deleted chunk
+is visible as one. At commit, :func:`content_digest` folds each array's name, shape and the
+checksum of every chunk into one sha256, stored in the node's ``content_digest`` attribute: a chunk
+replaced by another valid chunk passes its own checksum but changes the digest.
+
+:func:`check_node` re-reads every chunk of a node and reports what is wrong, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ChunkProblem", "content_digest", "check_node", "chunk_paths", "verify_build"]
+
+
+@dataclass(frozen=True)
+class ChunkProblem:
+    """One thing wrong with a node.
+
+    Parameters
+    ----------
+    node : Path
+        The node folder.
+    array : str
+        Array name, or ``""`` for the node as a whole.
+    chunk : tuple of int
+        Chunk index in the array's chunk grid (empty for the node as a whole).
+    problem : str
+        ``missing`` (no chunk file), ``checksum`` (its bytes no longer match their CRC-32C),
+        ``digest`` (every chunk is valid but the node's content differs from what was committed),
+        ``metadata`` (an array's ``zarr.json`` is unreadable) or ``no checksums`` (a node written
+        before checksums existed).
+    path : Path or None
+        The chunk file.
+    """
+
+    node: Path
+    array: str
+    chunk: tuple[int, ...]
+    problem: str
+    path: Path | None = None
+
+    @property
+    def subject(self) -> str:
+        """The subject id (the node's parent folder)."""
+        return self.node.parent.name
+
+    @property
+    def stage(self) -> str:
+        """The stage name (the node folder is ``<stage>-<key12>``)."""
+        return self.node.name.rsplit("-", 1)[0]
+
+    def __str__(self) -> str:
+        where = f"array {self.array}" if self.array else "node"
+        chunk = f" chunk {'.'.join(map(str, self.chunk))}" if self.chunk else ""
+        return f"subject {self.subject}, stage {self.stage}, {where}{chunk}: {self.problem}" + \
+            (f" ({self.path})" if self.path else "")
+
+
+def _arrays(node: Path) -> list[tuple[str, dict]]:
+    out = []
+    for meta in sorted(node.glob("*/zarr.json")):
+        out.append((meta.parent.name, json.loads(meta.read_text())))
+    return out
+
+
+def chunk_paths(array_dir: Path, meta: dict) -> list[tuple[tuple[int, ...], Path]]:
+    """Every chunk of an array's grid and the file it must be in.
+
+    Parameters
+    ----------
+    array_dir : Path
+        The array's folder (holding ``zarr.json``).
+    meta : dict
+        Its parsed ``zarr.json`` (zarr v3, regular grid, default chunk key encoding).
+
+    Returns
+    -------
+    list of (tuple of int, Path)
+        (chunk index, ``<array>/c/i/j/...``), in C order; empty for an array with a zero-length axis.
+    """
+    shape = meta["shape"]
+    chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    sep = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
+    grid = [math.ceil(s / c) for s, c in zip(shape, chunks)]
+    out = []
+    for idx in itertools.product(*(range(g) for g in grid)):
+        key = sep.join(["c", *map(str, idx)]) if idx else "c"
+        out.append((idx, array_dir.joinpath(*key.split("/"))))
+    return out
+
+
+def _has_crc(meta: dict) -> bool:
+    return any(c.get("name") == "crc32c" for c in meta.get("codecs", []))
+
+
+def content_digest(node: str | Path) -> str:
+    """sha256 over every array's name, shape and the stored CRC-32C of every chunk of a node.
+
+    Parameters
+    ----------
+    node : str or Path
+        A node folder (committed or still being written).
+
+    Returns
+    -------
+    str
+        64 hex characters; a missing chunk enters as ``missing``.
+    """
+    h = hashlib.sha256()
+    for name, meta in _arrays(Path(node)):
+        h.update(f"{name}\0{meta['shape']}\n".encode())
+        for idx, path in chunk_paths(Path(node) / name, meta):
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(-4, 2)
+                    crc = fh.read(4).hex()
+            except OSError:
+                crc = "missing"
+            h.update(f"{idx}\0{crc}\n".encode())
+    return h.hexdigest()
+
+
+def check_node(node: str | Path) -> list[ChunkProblem]:
+    """Read every chunk of a committed node and check it.
+
+    Parameters
+    ----------
+    node : str or Path
+        A node folder.
+
+    Returns
+    -------
+    list of ChunkProblem
+        Empty when every chunk is present, matches its CRC-32C, and the node's content digest is
+        the one recorded at commit.
+    """
+    import google_crc32c
+
+    node = Path(node)
+    problems: list[ChunkProblem] = []
+    try:
+        attrs = json.loads((node / "zarr.json").read_text())["attributes"]
+    except (OSError, ValueError, KeyError):
+        return [ChunkProblem(node, "", (), "metadata", node / "zarr.json")]
+    for meta_path in sorted(node.glob("*/zarr.json")):
+        name = meta_path.parent.name
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            problems.append(ChunkProblem(node, name, (), "metadata", meta_path))
+            continue
+        if not _has_crc(meta):
+            problems.append(ChunkProblem(node, name, (), "no checksums"))
+            continue
+        for idx, path in chunk_paths(meta_path.parent, meta):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                problems.append(ChunkProblem(node, name, idx, "missing", path))
+                continue
+            if len(data) < 4 or google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
+                problems.append(ChunkProblem(node, name, idx, "checksum", path))
+    recorded = attrs.get("content_digest")
+    if not problems:
+        if recorded is None:
+            problems.append(ChunkProblem(node, "", (), "no checksums"))
+        elif content_digest(node) != recorded:
+            problems.append(ChunkProblem(node, "", (), "digest"))
+    return problems
+
+
+def verify_build(cache: str | Path, dataset: str, pipeline: str,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[int, list[ChunkProblem]]:
+    """Check every chunk of every node a build's manifest references.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
+        The build.
+    progress : callable (done, total), optional
+        Called after each node.
+
+    Returns
+    -------
+    n_nodes : int
+        Nodes checked (of the subjects whose build succeeded).
+    problems : list of ChunkProblem
+        Empty when the store is intact; a node folder that is gone is one ``missing`` problem.
+
+    Raises
+    ------
+    StoreError
+        No such build, or its manifest is unreadable.
+    """
+    from rppg_prep.manifest import read_manifest
+
+    man = read_manifest(cache, dataset, pipeline)
+    nodes = [Path(cache) / n["path"] for rec in man["subjects"].values() if rec.get("status") == "ok"
+             for n in rec["nodes"].values()]
+    problems: list[ChunkProblem] = []
+    for i, node in enumerate(nodes):
+        if not (node / "zarr.json").exists():
+            problems.append(ChunkProblem(node, "", (), "missing", node))
+        else:
+            problems.extend(check_node(node))
+        if progress:
+            progress(i + 1, len(nodes))
+    return len(nodes), problems
