@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rppg_prep.datasets import Subject, get_loader, open_source
-from rppg_prep.errors import RppgPrepError, StoreError, VideoDecodeError
+from rppg_prep.errors import GroundTruthError, RppgPrepError, StoreError, VideoDecodeError
 from rppg_prep.pipeline import ORDER, STAGES, Pipeline, load_pipeline
 from rppg_prep.stage import NodeContext, node_key, node_provenance
 from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node
@@ -58,6 +58,9 @@ class NodePlan:
         A complete node with this key exists.
     force : bool
         Recompute it even so (``--force``).
+    inputs : dict of str to (Path, str)
+        Raw input role -> (file, content hash entered in the key), for the nodes that read raw
+        files (decode: the video; labels: the ground truth).
     """
 
     stage: str
@@ -65,6 +68,7 @@ class NodePlan:
     path: Path
     fresh: bool
     force: bool = False
+    inputs: dict[str, tuple[Path, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,12 +116,25 @@ class SubjectResult:
     input_file: str | None = None
 
 
-def _truth_files(subject: Subject, cache: Path) -> dict[str, str]:
-    loader = get_loader(subject.dataset)
-    files = {"loader": f"{subject.dataset}/{getattr(loader, 'VERSION', '1')}"}
-    for i, p in enumerate(subject.truth):
-        files[f"truth{i}"] = fingerprint(p, cache) if Path(p).exists() else f"missing:{Path(p).name}"
-    return files
+def _file_hash(path: Path, cache: Path) -> str:
+    return fingerprint(path, cache) if Path(path).exists() else f"missing:{Path(path).name}"
+
+
+def _raw_inputs(subject: Subject) -> dict[str, dict[str, Path]]:
+    """Stage -> raw input role -> file, for the stages that read raw files."""
+    clock = getattr(get_loader(subject.dataset), "frame_clock_files", lambda s: ())(subject)
+    return {"decode": {"video": subject.video, **{f"frame_file{i}": Path(p) for i, p in enumerate(clock)}},
+            "labels": {f"truth{i}": Path(p) for i, p in enumerate(subject.truth)}}
+
+
+def _unchanged_inputs(subject: Subject, node: NodePlan) -> None:
+    """Raise when a raw input of the node changed since it was keyed: the node would mix two versions."""
+    cache = node.path.parents[2]
+    for role, (path, planned) in node.inputs.items():
+        if _file_hash(path, cache) != planned:
+            error = VideoDecodeError if node.stage == "decode" else GroundTruthError
+            raise error(f"the file changed while the build ran ({role} of node {node.stage}); nothing computed "
+                        "from it was kept; run the build again", subject=subject.id, path=path)
 
 
 def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[str, NodePlan]:
@@ -145,11 +162,11 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
     cache = Path(cache)
     if not subject.video.exists():
         raise VideoDecodeError("video file (or frame folder) is missing", subject=subject.id, path=subject.video)
-    decode_files = {"video": fingerprint(subject.video, cache)}
-    # files the frame source reads besides the video (VIPL-HR's time.txt holds the frame clock)
-    for i, p in enumerate(getattr(get_loader(subject.dataset), "frame_clock_files", lambda s: ())(subject)):
-        decode_files[f"frame_file{i}"] = fingerprint(p, cache) if Path(p).exists() else f"missing:{Path(p).name}"
-    files = {"decode": decode_files, "labels": _truth_files(subject, cache)}
+    # the frame source may read files besides the video (VIPL-HR's time.txt holds the frame clock)
+    raw = {st: {role: (p, _file_hash(p, cache)) for role, p in files.items()} for st, files in _raw_inputs(subject).items()}
+    loader = get_loader(subject.dataset)
+    files = {st: {role: h for role, (_, h) in ins.items()} for st, ins in raw.items()}
+    files["labels"]["loader"] = f"{subject.dataset}/{getattr(loader, 'VERSION', '1')}"
     keys: dict[str, str] = {}
     plan = {}
     for name in ORDER:
@@ -157,7 +174,7 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
         key = node_key(st, pipe.params[name], {u: keys[u] for u in st.inputs}, files.get(name, {}))
         keys[name] = key
         path = node_path(cache, pipe.dataset, subject.id, name, key)
-        plan[name] = NodePlan(name, key, path, node_exists(path))
+        plan[name] = NodePlan(name, key, path, node_exists(path), inputs=raw.get(name, {}))
     return plan
 
 
@@ -253,6 +270,7 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
                 consumer.finish(carry)
                 res.notes.extend(ctx.notes)
                 if ctx.writer is not None:
+                    _unchanged_inputs(subject, plan[name])
                     ctx.writer.commit()
                     committed.add(name)
                     res.ran.append(name)
@@ -293,6 +311,7 @@ def run_stage(name: str, pipe: Pipeline, subject: Subject, plan: dict[str, NodeP
                                              replace=node.force) as writer:
         ctx = _ctx(pipe, subject, name, inputs, writer, progress)
         st.fn(ctx)
+        _unchanged_inputs(subject, node)
     res.notes.extend(ctx.notes)
     res.ran.append(name)
 

@@ -216,3 +216,39 @@ def test_a_flipped_byte_in_a_real_build_is_found_and_refused(real_build):
             ClipDataset(cache, "ubfc", "ubfc", subjects=["subject3"])[2]
     finally:
         path.write_bytes(original)
+
+
+def test_a_ground_truth_edited_during_the_build_is_reported_and_rebuilt_next_time(root, clean, tmp_path, monkeypatch):
+    """The edit lands after the subject was keyed and before its labels are made: no label mixes versions."""
+    from rppg_prep.datasets import ubfc
+
+    work = tmp_path / "root"
+    shutil.copytree(root / "subject1", work / "subject1")
+    truth = work / "subject1" / "ground_truth.txt"
+    cache = tmp_path / "cache"
+    read_truth = ubfc.read_truth
+
+    def edit_then_read(subject):
+        lines = truth.read_text().splitlines()
+        ppg = [float(v) for v in lines[0].split()]
+        lines[0] = " ".join(f"{-v:.6e}" for v in ppg)  # the PPG inverted: another signal, same length
+        truth.write_text("\n".join(lines) + "\n")
+        monkeypatch.setattr(ubfc, "read_truth", read_truth)  # one edit only
+        return read_truth(subject)
+
+    monkeypatch.setattr(ubfc, "read_truth", edit_then_read)
+    res = _build(work, cache)
+    assert res.exit_code == 1
+    rec = json.loads((cache / "ubfc.builds" / "ubfc.json").read_text())["subjects"]["subject1"]
+    assert rec["failed_stage"] == "labels" and "changed while the build ran" in rec["error"], rec["error"]
+    assert "ground_truth.txt" in rec["error"]
+    assert not list((cache / "ubfc.zarr" / "subject1").glob("labels-*"))
+    res = _build(work, cache)
+    assert res.exit_code == 0, res.output
+    rec = json.loads((cache / "ubfc.builds" / "ubfc.json").read_text())["subjects"]["subject1"]
+    assert rec["ran"] == ["labels"]
+    import rppg_prep
+
+    new = rppg_prep.open_build(cache, "ubfc", "ubfc")["subject1"]["labels"]["bvp"][:]
+    old = rppg_prep.open_build(clean[0], "ubfc", "ubfc")["subject1"]["labels"]["bvp"][:]
+    assert np.corrcoef(new, old)[0, 1] < -0.99, "the labels are the edited file's, whole"
