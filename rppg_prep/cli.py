@@ -175,6 +175,11 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
                                 force=_split(force), progress=progress, on_result=on_result)
         except RppgPrepError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # the manifest, a lock or a fingerprint memo could not be written
+            raise click.ClickException(
+                f"cannot write to the cache {cache}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''}). "
+                "Every node committed so far is intact; free space or make the cache writable, then run the "
+                "build again") from None
     _summary(console, results, time.perf_counter() - t0)
     from rppg_prep.manifest import manifest_path
 
