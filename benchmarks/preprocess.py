@@ -103,9 +103,9 @@ def cpu_busy_s() -> float:
     return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def build(root: Path, cache: Path, *, subjects: str | None = None, workers: int = 1) -> dict:
+def build(root: Path, cache: Path, *, subjects: str | None = None, workers: int = 1, pipeline: str = "ubfc") -> dict:
     """Run the CLI build as a child process; wall time, peak RSS (wait4) and manifest totals."""
-    cmd = [str(CLI), "build", "ubfc", "--root", str(root), "--cache", str(cache), "--workers", str(workers)]
+    cmd = [str(CLI), "build", pipeline, "--root", str(root), "--cache", str(cache), "--workers", str(workers)]
     cmd += ["--subjects", subjects] if subjects else []
     log = cache.with_suffix(".log")
     load0, busy0 = os.getloadavg()[0], cpu_busy_s()
@@ -183,6 +183,68 @@ def make_cut(src: Path, dst: Path, seconds: float = CUT_S) -> dict:
             "seconds": round(written / fps, 2), "file_bytes": (dst / "vid.avi").stat().st_size}
 
 
+def accuracy(cache: Path) -> dict:
+    """POS and CHROM whole-video MAE (rPPG-Toolbox protocol) and the POS-label window-mean r at lag 0."""
+    import numpy as np
+
+    import rppg_prep
+    from rppg_prep.alignment import build_alignment
+    from rppg_prep.scoring import evaluate_build
+
+    out = {}
+    for method in ("pos", "chrom"):
+        scores = evaluate_build(cache, "ubfc", "ubfc", method, mode="toolbox")
+        err = np.concatenate([np.abs(s.hr_pred_bpm - s.hr_ref_bpm) for s in scores])
+        out[f"{method}_mae_bpm"] = round(float(np.nanmean(err)), 3)
+    build_nodes = rppg_prep.open_build(cache, "ubfc", "ubfc")
+    r0 = [build_alignment(nodes, sid).at(0.0) for sid, nodes in build_nodes.items()]
+    out["pos_label_r_lag0"] = round(float(np.mean(r0)), 4)
+    out["pos_label_r_lag0_per_subject"] = [round(float(v), 4) for v in r0]
+    return out
+
+
+def sweep_every_n(data: Path, tmp: Path, videos: list[Path], ns: list[int], workers: int | None) -> dict:
+    """``landmarks.every_n_frames`` = n for each n: build frames/s, decode + mesh frames/s, accuracy."""
+    out: dict = {"decode_mesh_before": decode_mesh_fps(videos)}
+    step(f"   decode + mesh alone: {out['decode_mesh_before']['fps']} frames/s")
+    for n in ns:
+        yaml = tmp / f"every{n}.yaml"
+        yaml.write_text(f"name: ubfc\ndataset: ubfc\nstages:\n  landmarks: {{every_n_frames: {n}}}\n")
+        step(f"   every_n_frames = {n}: full build, 1 process")
+        b = build(data, tmp / f"every{n}", pipeline=str(yaml))
+        man = json.loads((tmp / f"every{n}" / "ubfc.builds" / "ubfc.json").read_text())
+        measured = 0
+        for rec in man["subjects"].values():
+            node = tmp / f"every{n}" / rec["nodes"]["landmarks"]["path"] / "zarr.json"
+            measured += json.loads(node.read_text())["attributes"].get("measured_frames", 0)
+        out[f"n{n}"] = {"build": b, "measured_fraction": round(measured / max(b["frames"], 1), 4),
+                        **accuracy(tmp / f"every{n}")}
+        step(f"   n={n}: {b['fps']} frames/s, {out[f'n{n}']}")
+        if workers and n == ns[-1]:
+            step(f"   every_n_frames = {n}, --workers {workers}")
+            out[f"n{n}_workers{workers}"] = build(data, tmp / f"every{n}w", pipeline=str(yaml), workers=workers)
+    out["decode_mesh_after"] = decode_mesh_fps(videos)
+    dm = (out["decode_mesh_before"]["fps"] + out["decode_mesh_after"]["fps"]) / 2
+    out["decode_mesh_fps_mean"] = round(dm, 1)
+    for n in ns:
+        out[f"n{n}"]["build_over_decode_mesh"] = round(out[f"n{n}"]["build"]["fps"] / dm, 3)
+    return out
+
+
+def sweep_table(sw: dict, ns: list[int]) -> str:
+    rows = ["| every_n_frames | build frames/s | / decode+mesh | mesh runs on | POS MAE (bpm) | CHROM MAE (bpm) "
+            "| POS-label r at lag 0 | peak RSS (MiB) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for n in ns:
+        r = sw[f"n{n}"]
+        rows.append(f"| {n} | {r['build']['fps']} | {r['build_over_decode_mesh']} | {100 * r['measured_fraction']:.1f} % "
+                    f"| {r['pos_mae_bpm']} | {r['chrom_mae_bpm']} | {r['pos_label_r_lag0']} | {r['build']['peak_rss_mib']} |")
+    rows.append(f"\ndecode + mesh alone (mean of before and after): {sw['decode_mesh_fps_mean']} frames/s")
+    for k, v in sw.items():
+        if "workers" in k:
+            rows.append(f"{k}: {v['fps']} frames/s, summed RSS of the process tree {v['tree_rss_sum_mib']} MiB")
+    return "\n".join(rows)
+
+
 def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -231,6 +293,10 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (caches, logs, cut video)")
     ap.add_argument("--workers-also", "--workers", dest="workers_also", type=int, metavar="N",
                     help="also time a full build with N worker processes")
+    ap.add_argument("--every-n", default=None, metavar="N[,N...]",
+                    help="only the landmarks.every_n_frames sweep (e.g. 1,2,3,4): build frames/s against decode + "
+                         "mesh, POS/CHROM MAE and the POS-label r at lag 0 per n; with --workers-also, the last n "
+                         "is also built with that many workers")
     args = ap.parse_args()
     videos = sorted(args.data.glob("subject*/vid.mp4"))
     if not videos:
@@ -238,6 +304,18 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rppg-bench-"))
     r: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "data": str(args.data.resolve()),
                "machine": machine(), "tmp": str(tmp)}
+    if args.every_n:
+        ns = [int(v) for v in args.every_n.split(",")]
+        try:
+            r["every_n"] = sweep_every_n(args.data, tmp, videos, ns, args.workers_also)
+        finally:
+            if not args.keep:
+                shutil.rmtree(tmp, ignore_errors=True)
+        print(sweep_table(r["every_n"], ns))
+        out = REPO / "benchmarks" / "results" / f"preprocess-every-n-{datetime.date.today().isoformat()}.json"
+        out.write_text(json.dumps(r, indent=2) + "\n")
+        print(f"\nresults: {out}")
+        return
     try:
         step(f"1/4 pure decode of {len(videos)} videos")
         r["decode"] = decode_fps(videos)

@@ -269,8 +269,10 @@ class FaceCrops:
     ctx : NodeContext
         ``params`` a :class:`FaceParams`; ``writer`` the face node.
     carry : dict
-        Shared by the consumers of one pass: ``info`` (the source's ``VideoInfo``), each batch's
-        ``landmarks`` and ``detected``, and at the end ``t_s``, ``n_frames`` and ``fps``.
+        Shared by the consumers of one pass: ``info`` (the source's ``VideoInfo``), the landmark
+        rows in frame order (``landmark_rows``, which may lag the frames: frames wait here until
+        their landmarks come), and at the end ``t_s``, ``n_frames`` and ``fps``. A frame's raw box
+        comes from its landmarks whenever they are finite, measured or interpolated.
     """
 
     def __init__(self, ctx: NodeContext, carry: dict):
@@ -289,6 +291,7 @@ class FaceCrops:
         self.valid_parts: list[np.ndarray] = []
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crop")
         self.in_flight: list = []
+        self.frames: list[np.ndarray] = []  # frames whose landmarks have not come yet
 
     def _emit(self, out: dict[str, np.ndarray] | None) -> None:
         if out is not None:
@@ -299,12 +302,29 @@ class FaceCrops:
     def _crop(self, raw: np.ndarray, frames: np.ndarray) -> None:
         self._emit(self.tracker.push(raw, frames))
 
-    def push(self, batch, carry: dict) -> None:
-        """Queue the batch's frames with the raw boxes of its landmarks for cropping."""
-        raw = raw_boxes(carry["landmarks"], carry["detected"])
-        self.in_flight.append(self.pool.submit(self._crop, raw, batch.frames))
+    def _take(self, carry: dict) -> None:
+        """Crop the waiting frames whose landmark rows have come, in one job."""
+        rows, got, n = carry["landmark_rows"], [], 0
+        while rows and n < len(self.frames):
+            lm, det = rows.popleft()
+            if n + len(lm) > len(self.frames):
+                k = len(self.frames) - n
+                rows.appendleft((lm[k:], det[k:]))
+                lm = lm[:k]
+            got.append(lm)
+            n += len(lm)
+        if not n:
+            return
+        lm = np.concatenate(got)
+        frames, self.frames = self.frames[:n], self.frames[n:]
+        self.in_flight.append(self.pool.submit(self._crop, raw_boxes(lm, np.isfinite(lm[:, 0, 0])), frames))
         while len(self.in_flight) > CROP_IN_FLIGHT:
             self.in_flight.pop(0).result()
+
+    def push(self, batch, carry: dict) -> None:
+        """Queue the batch's frames; crop those whose landmarks have come (with their raw boxes)."""
+        self.frames.extend(batch.frames)
+        self._take(carry)
 
     def finish(self, carry: dict) -> None:
         """Crop the last frames, check how much of the video has a face and describe its gaps.
@@ -315,6 +335,9 @@ class FaceCrops:
             Fewer than ``min_valid_fraction`` of the frames are valid.
         """
         fp, subject = self.ctx.params, self.ctx.subject
+        self._take(carry)
+        if self.frames:
+            raise RuntimeError(f"{len(self.frames)} frame(s) got no landmark row")  # a bug, never bad input
         for fut in self.in_flight:
             fut.result()
         self.pool.shutdown()

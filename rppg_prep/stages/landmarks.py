@@ -43,11 +43,20 @@ class LandmarkParams:
         Face detector threshold in [0, 1].
     min_tracking_confidence : float
         Below this landmark-tracking confidence the mesh re-runs the detector, in [0, 1].
+    every_n_frames : int
+        Run the detector on every n-th frame only, and interpolate the landmarks of the frames in
+        between linearly along the track; the frames around a lost face or a fast move are all
+        measured (see :class:`LandmarkTrack`). 1 measures every frame.
+    max_motion_frac : float
+        A move of the landmark box between two measured frames faster than this fraction of the
+        box side per frame counts as fast: the frames in between are measured, not interpolated.
     """
 
     backend: str = "mediapipe"
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
+    every_n_frames: int = 1
+    max_motion_frac: float = 0.03
 
     def __post_init__(self) -> None:
         if self.backend not in N_LANDMARKS:
@@ -56,6 +65,10 @@ class LandmarkParams:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"landmarks.{name} must lie in [0, 1], got {v}")
+        if not 1 <= self.every_n_frames <= 30:
+            raise ConfigError(f"landmarks.every_n_frames must lie in [1, 30], got {self.every_n_frames}")
+        if not 0.0 < self.max_motion_frac <= 1.0:
+            raise ConfigError(f"landmarks.max_motion_frac must lie in (0, 1], got {self.max_motion_frac}")
 
 
 class MeshDetector:
@@ -137,24 +150,42 @@ def make_detector(params: LandmarkParams) -> MeshDetector | HaarDetector | FullF
 
 
 class LandmarkTrack:
-    """Consumer of the streaming pass: landmarks of every frame, detected (and written) or read back.
+    """Consumer of the streaming pass: landmarks of every frame, measured or interpolated (and written),
+    or read back.
+
+    With ``every_n_frames`` = n > 1 the detector measures one frame in n; the frames in between wait
+    (at most n - 1 of them) and get the landmarks interpolated linearly between the two measured
+    frames around them. When the later measurement finds no face, or the landmark box moved faster
+    than ``max_motion_frac`` of its side per frame, the waiting frames are measured one by one
+    instead, and so are the next n frames. After a lost face every frame is measured until one is
+    found. The stored ``detected`` is True only for frames measured with a face found; the stored
+    landmarks are finite for measured and interpolated frames alike.
 
     Parameters
     ----------
     ctx : NodeContext
-        With a ``writer``, the detector runs on every frame and the node is written; without
-        (a fresh node that a later stage needs), ``inputs["landmarks"]`` is read batch by batch.
+        With a ``writer``, the landmarks are computed and the node is written; without (a fresh
+        node that a later stage needs), ``inputs["landmarks"]`` is read batch by batch.
     carry : dict
-        Shared by the consumers of one pass; each :meth:`push` leaves the batch's
-        ``landmarks`` (B, K, 2) float32 px (NaN = no face) and ``detected`` (B,) bool in it.
+        Shared by the consumers of one pass. Rows are handed on in frame order through
+        ``carry["landmark_rows"]``, a deque of (landmarks (k, K, 2) float32 px, detected (k,) bool):
+        they may lag the frames by up to n - 1 frames; :meth:`finish` hands on the rest.
     """
 
     def __init__(self, ctx: NodeContext, carry: dict):
+        from collections import deque
+
         from rppg_prep.store import Appender
 
         self.ctx, lp = ctx, ctx.params
         self.n_lm = N_LANDMARKS[lp.backend]
+        self.n = lp.every_n_frames
         self.detector = None
+        self.rows = carry.setdefault("landmark_rows", deque())
+        self.pending: list[tuple[int, np.ndarray]] = []  # frames waiting for the next measurement
+        self.last: tuple[int, np.ndarray] | None = None  # the last measured frame with a face
+        self.dense = 0  # frames still to measure one by one
+        self.measured = 0
         if ctx.writer is not None:
             ctx.writer.attrs.update(n_landmarks=self.n_lm, backend=lp.backend)
             ctx.create("landmarks", (0, self.n_lm, 2), (256, self.n_lm, 2), fill_value=float("nan"))
@@ -162,31 +193,80 @@ class LandmarkTrack:
             self.apps = (Appender(ctx.writer, "landmarks", 256), Appender(ctx.writer, "detected", 4096))
             self.detector = make_detector(lp)
 
+    def _emit(self, lm: np.ndarray, det: np.ndarray) -> None:
+        self.apps[0].add(lm)
+        self.apps[1].add(det)
+        self.rows.append((lm, det))
+
+    def _measure(self, index: int, frame: np.ndarray) -> np.ndarray | None:
+        pts = self.detector(frame)
+        self.measured += 1
+        self.last = (index, pts) if pts is not None else None
+        return pts
+
+    def _one(self, index: int, frame: np.ndarray) -> None:
+        pts = self._measure(index, frame)
+        lm = np.full((1, self.n_lm, 2), np.nan, dtype=np.float32)
+        if pts is not None:
+            lm[0] = pts
+        self._emit(lm, np.array([pts is not None]))
+
+    def _fast(self, a: np.ndarray, b: np.ndarray, frames: int) -> bool:
+        lo_a, hi_a, lo_b, hi_b = a.min(0), a.max(0), b.min(0), b.max(0)
+        side = float(max((hi_a - lo_a).max(), 1.0))
+        shift = float(np.abs((lo_b + hi_b) / 2 - (lo_a + hi_a) / 2).max())
+        grow = float(np.abs((hi_b - lo_b) - (hi_a - lo_a)).max())
+        return max(shift, grow) / frames > self.ctx.params.max_motion_frac * side
+
+    def _resolve(self) -> None:
+        """Measure the last waiting frame and fill the ones before it."""
+        start = self.last
+        (i_end, f_end), waiting = self.pending[-1], self.pending[:-1]
+        self.pending = []
+        pts = self._measure(i_end, f_end)
+        if pts is None or start is None or self._fast(start[1], pts, i_end - start[0]):
+            for i, frame in waiting:  # a lost face or a fast move: measure instead of interpolating
+                self._one(i, frame)
+            self._one(i_end, f_end)
+            self.dense = self.n
+            return
+        i0, lm0 = start
+        w = (np.array([i for i, _ in waiting], dtype=np.float64) - i0) / (i_end - i0)
+        lm = np.empty((len(waiting) + 1, self.n_lm, 2), dtype=np.float32)
+        lm[:-1] = (lm0[None] + w[:, None, None] * (pts - lm0)[None]).astype(np.float32)
+        lm[-1] = pts
+        det = np.zeros(len(waiting) + 1, dtype=bool)
+        det[-1] = True
+        self._emit(lm, det)
+
     def push(self, batch, carry: dict) -> None:
-        """Landmarks of the batch's frames (``batch.frames`` (B, H, W, 3) uint8 RGB) into ``carry``."""
+        """Take a batch (``batch.frames`` (B, H, W, 3) uint8 RGB); hand on the rows that are ready."""
         b = len(batch.frames)
-        if self.detector is not None:
-            lm = np.full((b, self.n_lm, 2), np.nan, dtype=np.float32)
-            det = np.zeros(b, dtype=bool)
-            for i, fr in enumerate(batch.frames):
-                pts = self.detector(fr)
-                if pts is not None:
-                    lm[i], det[i] = pts, True
-            self.apps[0].add(lm)
-            self.apps[1].add(det)
-        else:
+        if self.detector is None:
             stored = self.ctx.inputs["landmarks"]
             sl = slice(batch.start, batch.start + b)
-            lm, det = stored["landmarks"][sl], stored["detected"][sl]
-        carry["landmarks"], carry["detected"] = lm, det
+            self.rows.append((stored["landmarks"][sl], stored["detected"][sl]))
+            return
+        for j, frame in enumerate(batch.frames):
+            index = batch.start + j
+            if self.n == 1 or self.dense > 0 or self.last is None:
+                self.dense = max(0, self.dense - 1)
+                self._one(index, frame)
+                continue
+            self.pending.append((index, frame))
+            if index - self.last[0] >= self.n:
+                self._resolve()
 
     def finish(self, carry: dict) -> None:
-        """Release the detector and write the last rows."""
+        """Measure the last waiting frame, hand on the last rows, release the detector, write the node."""
         if self.detector is not None:
+            if self.pending:
+                self._resolve()
             self.detector.close()
             self.detector = None
             for app in self.apps:
                 app.close()
+            self.ctx.writer.attrs["measured_frames"] = self.measured
 
     def abort(self) -> None:
         """Release the detector."""
