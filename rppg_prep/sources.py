@@ -110,25 +110,33 @@ def probe(path: str | Path, *, subject: str | None = None) -> VideoInfo:
 def _reader(cap: cv2.VideoCapture, info: VideoInfo, batch_frames: int) -> Iterator[FrameBatch]:
     index = 0
     last_t = -np.inf
+    bgr = None
     while True:
-        frames = []
+        # a fresh batch array each time (consumers keep frames), filled in place: each decoded
+        # frame is copied once, by the colour conversion
+        batch = np.empty((batch_frames, info.height, info.width, 3), dtype=np.uint8)
         times = []
-        for _ in range(batch_frames):
-            ok, bgr = cap.read()
+        for i in range(batch_frames):
+            ok, bgr = cap.read(bgr)
             if not ok:
                 break
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            if bgr.shape[:2] != batch.shape[1:3]:  # the container's size was wrong: take the frames' own
+                batch = np.empty((batch_frames, *bgr.shape[:2], 3), dtype=np.uint8) if i == 0 else batch
+                if bgr.shape[:2] != batch.shape[1:3]:
+                    raise VideoDecodeError(f"frame {index + i} is {bgr.shape[1]}x{bgr.shape[0]}, the video's earlier "
+                                           f"frames {batch.shape[2]}x{batch.shape[1]}")
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=batch[i])
             t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             if not np.isfinite(t) or t <= last_t:
                 t = np.nan  # repaired below from the frame index
             else:
                 last_t = t
             times.append(t)
-        if not frames:
+        if not times:
             return
         t_s = np.asarray(times, dtype=np.float64)
-        yield FrameBatch(index, np.stack(frames), t_s)
-        index += len(frames)
+        yield FrameBatch(index, batch[:len(times)], t_s)
+        index += len(times)
 
 
 def iter_frames(path: str | Path, *, batch_frames: int = 64, subject: str | None = None,
