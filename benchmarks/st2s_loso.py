@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rppg_models import st2s_pipeline as P
-from rppg_prep.manifest import open_build
+from rppg_prep import open_build
 
 
 def scores(pred: np.ndarray, ref: np.ndarray) -> dict:

@@ -42,7 +42,7 @@ import torch
 from rppg_models.data import hr_label_array
 from rppg_models.evaluate import evaluate_checkpoint, hr_on_clock
 from rppg_models.train import FAMILIES, TrainConfig, fit, fit_cnn3d, pick_device
-from rppg_prep.manifest import open_build
+from rppg_prep import open_build
 from rppg_prep.errors import StoreError
 from rppg_prep.protocols import metrics
 

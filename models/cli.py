@@ -116,7 +116,7 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
     try:
         pipe = load_pipeline_or_exit(pipeline)
         with console.status("loading ST images"):
-            from rppg_prep.manifest import open_build
+            from rppg_prep import open_build
 
             data = {sid: P.load_subject(sid, n, hr_label)
                     for sid, n in open_build(cache, pipe.dataset, pipe.name).items()}

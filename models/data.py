@@ -197,7 +197,7 @@ class ClipDataset(Dataset):
     def __init__(self, cache: str | Path, dataset: str, pipeline: str, *, subjects: list[str] | None = None,
                  norm: str = "raw", label_norm: str = "standardized", layout: str = "NCDHW",
                  hr_label: str = DEFAULT_HR_LABEL, size_px: int | None = None):
-        from rppg_prep.manifest import open_build
+        from rppg_prep import open_build
         from rppg_prep.manifest import read_manifest
 
         if norm not in NORMALIZATIONS or layout not in LAYOUTS:

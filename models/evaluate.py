@@ -251,7 +251,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
     """
     from rppg_models.data import DEFAULT_HR_LABEL, ClipDataset
     from rppg_models.train import FAMILIES, cnn3d_clip_hr, pick_device
-    from rppg_prep.manifest import open_build
+    from rppg_prep import open_build
     from rppg_prep.protocols import metrics, snr_toolbox
 
     hr_label = hr_label or DEFAULT_HR_LABEL

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from rppg_models import st2s
-from rppg_prep.manifest import open_build
+from rppg_prep import open_build
 from rppg_prep.stage import canonical_json, node_key, node_provenance
 from rppg_prep.stages.split import PRED_STAGE, STAGE as SPLIT_STAGE, PredParams, SplitParams, good_bad
 from rppg_prep.manifest import build_key, manifest_path, read_manifest, record_nodes

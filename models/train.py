@@ -470,7 +470,7 @@ def fit_cnn3d(cache: str | Path, dataset: str = "synthetic", pipeline: str = "sy
     """
     from rppg_models import cnn3d
     from rppg_prep import pseudo_ppg as synthetic
-    from rppg_prep.manifest import open_build
+    from rppg_prep import open_build
 
     build = open_build(cache, dataset, pipeline)
     xs, ys = [], []
