@@ -218,10 +218,14 @@ class Campaign:
         except StoreError as exc:
             refused = str(exc)
         res2, recover = cli("verify", "--repair", cache=cache)
-        lost = len(found) != 4 or res.returncode != 1 or res2.returncode != 0 or hashes(cache) != self.ref \
+        print(res2.stdout[-3000:], res2.stderr[-3000:], flush=True)
+        after = hashes(cache)
+        differ = sorted(k for k in set(after) | set(self.ref) if after.get(k) != self.ref.get(k))
+        lost = len(found) != 4 or res.returncode != 1 or res2.returncode != 0 or bool(differ) \
             or refused == "NOT refused"
         self.row("chunk_damage", "; ".join(done), lost, f"verify: {found[0] if found else ''} | Dataset: {refused[:120]}",
-                 recover, verify_found=found)
+                 recover, verify_found=found, verify_exit=res.returncode, repair_exit=res2.returncode,
+                 repair_output=res2.stdout[-1500:] + res2.stderr[-1500:], arrays_differing=differ)
 
     def read_only(self) -> None:
         mnt = self.tmp / "ro"
@@ -340,18 +344,20 @@ class Campaign:
         offset, n = 0.0, 0
         while n < 18000:  # 10 min at 30 fps
             for s in subjects:
+                rows = [ln.split() for ln in s.truth[0].read_text().splitlines()[:3]]
                 cap = cv2.VideoCapture(str(s.video))
-                while True:
+                k = 0
+                while k < len(rows[0]):  # frame-locked: as many frames as samples (some files lack one)
                     ok, frame = cap.read()
                     if not ok:
                         break
                     out.write(cv2.resize(frame, (640, 480)))
-                    n += 1
+                    k += 1
                 cap.release()
-                rows = [ln.split() for ln in s.truth[0].read_text().splitlines()[:3]]
-                ts = np.array(rows[2], float)
-                ppg += rows[0]
-                hr += rows[1]
+                n += k
+                ts = np.array(rows[2][:k], float)
+                ppg += rows[0][:k]
+                hr += rows[1][:k]
                 t += list(ts - ts[0] + offset)
                 offset = t[-1] + 1 / 30
                 if n >= 18000:
@@ -365,8 +371,10 @@ class Campaign:
             proc = subprocess.Popen([CLI, "build", "ubfc", "--root", str(root), "--cache", str(cache)], env=ENV,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             _, status, usage = os.wait4(proc.pid, 0)
-            frames = manifest(cache)["subjects"]["subject1"]["frames"]
-            return usage.ru_maxrss / 1024, frames, time.perf_counter() - t0
+            rec = manifest(cache)["subjects"]["subject1"]
+            if rec["status"] != "ok":
+                raise RuntimeError(f"the build of {root} failed: {rec['error']}")
+            return usage.ru_maxrss / 1024, rec["frames"], time.perf_counter() - t0
 
         short_mib, short_n, _ = peak(short_root, self.tmp / "short_cache")
         long_mib, long_n, long_s = peak(long_root, self.tmp / "long_cache")
@@ -391,6 +399,9 @@ def main() -> None:
             try:
                 getattr(camp, case)()
             except Exception as exc:  # a case that could not run is a row too, never a silent gap
+                import traceback
+
+                traceback.print_exc()
                 camp.row(case, "the case script itself failed", True, f"{type(exc).__name__}: {exc}"[:240], None)
     finally:
         if not args.keep:

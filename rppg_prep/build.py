@@ -338,10 +338,14 @@ def environment_threads() -> None:
                        ("OPENCV_FOR_THREADS_NUM", "1"), ("ZARR_THREADING__MAX_WORKERS", "1"),
                        ("ZARR_ASYNC__CONCURRENCY", "4")):
         os.environ.setdefault(var, value)
-    if "cv2" in sys.modules:
-        sys.modules["cv2"].setNumThreads(1)
-    if "zarr" in sys.modules:
-        sys.modules["zarr"].config.set({"threading.max_workers": 1, "async.concurrency": 4})
+    # a library another thread is importing right now is in sys.modules half-initialised: leave it
+    # alone, it reads the environment set above when its import gets there
+    set_threads = getattr(sys.modules.get("cv2"), "setNumThreads", None)
+    if set_threads is not None:
+        set_threads(1)
+    zarr_config = getattr(sys.modules.get("zarr"), "config", None)
+    if zarr_config is not None:
+        zarr_config.set({"threading.max_workers": 1, "async.concurrency": 4})
     try:
         import ctypes
 

@@ -252,3 +252,15 @@ def test_a_ground_truth_edited_during_the_build_is_reported_and_rebuilt_next_tim
     new = rppg_prep.open_build(cache, "ubfc", "ubfc")["subject1"]["labels"]["bvp"][:]
     old = rppg_prep.open_build(clean[0], "ubfc", "ubfc")["subject1"]["labels"]["bvp"][:]
     assert np.corrcoef(new, old)[0, 1] < -0.99, "the labels are the edited file's, whole"
+
+
+def test_thread_settings_leave_a_library_that_is_still_being_imported_alone(monkeypatch):
+    """Found by benchmarks/faults.py: a task set zarr's threads while another task's thread was importing zarr."""
+    import types
+
+    from rppg_prep.build import environment_threads
+
+    monkeypatch.setitem(sys.modules, "zarr", types.ModuleType("zarr"))  # half-initialised: no .config yet
+    monkeypatch.setitem(sys.modules, "cv2", types.ModuleType("cv2"))
+    environment_threads()
+    assert os.environ["ZARR_THREADING__MAX_WORKERS"] == "1" and os.environ["OPENCV_FOR_THREADS_NUM"] == "1"
