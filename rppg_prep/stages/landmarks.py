@@ -46,7 +46,10 @@ class LandmarkParams:
     every_n_frames : int
         Run the detector on every n-th frame only, and interpolate the landmarks of the frames in
         between linearly along the track; the frames around a lost face or a fast move are all
-        measured (see :class:`LandmarkTrack`). 1 measures every frame.
+        measured (see :class:`LandmarkTrack`). 1 measures every frame. The default 2 was chosen by
+        ``benchmarks/preprocess.py --every-n 1,2,3,4`` on the 8 shared UBFC-rPPG subjects: POS and
+        CHROM MAE unchanged and the POS-label correlation within 0.01 of n = 1, where n = 3 moved
+        one subject's whole-video POS HR (README, Performance).
     max_motion_frac : float
         A move of the landmark box between two measured frames faster than this fraction of the
         box side per frame counts as fast: the frames in between are measured, not interpolated.
@@ -55,7 +58,7 @@ class LandmarkParams:
     backend: str = "mediapipe"
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
-    every_n_frames: int = 1
+    every_n_frames: int = 2  # benchmarks/preprocess.py --every-n: n = 3 moved a whole-video POS HR
     max_motion_frac: float = 0.03
 
     def __post_init__(self) -> None:
