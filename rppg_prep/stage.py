@@ -166,7 +166,7 @@ class NodeContext:
         data : array_like
             Of the declared dtype.
         chunks : tuple of int, optional
-            Default: one chunk.
+            Default: one chunk (:meth:`rppg_prep.store.NodeWriter.write`).
 
         Raises
         ------
@@ -179,7 +179,6 @@ class NodeContext:
         data = np.asarray(data)
         if data.dtype != np.dtype(s.dtype):
             raise TypeError(f"stage {self.stage.name}: output {name} is declared {s.dtype}, got {data.dtype}")
-        chunks = chunks or tuple(max(d, 1) for d in data.shape)
         self.writer.write(name, data, chunks=chunks, unit=s.unit, axes=s.axes, doc=s.doc)
 
 
