@@ -122,3 +122,30 @@ def test_interpolated_crops_follow_the_per_frame_track_on_a_real_subject(real_bu
     assert np.isfinite(sub["landmarks"]["landmarks"][:][:, 0, 0]).mean() >= \
         np.isfinite(per_frame["landmarks"]["landmarks"][:][:, 0, 0]).mean() - 0.01
     assert sub["face"]["valid"][:].mean() >= per_frame["face"]["valid"][:].mean() - 0.01
+
+
+def test_the_direct_graph_path_gives_the_landmarks_of_facemesh_process(real_data):
+    """MeshDetector feeds the graph itself (no per-call namedtuple); FaceMesh.process must agree bitwise."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(real_data / "ubfc-rppg" / "subject3" / "vid.mp4"))
+    frames = []
+    for _ in range(60):
+        ok, bgr = cap.read()
+        assert ok
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    frames.append(np.zeros_like(frames[0]))  # no face: both give None, and tracking restarts after it
+    frames.extend(frames[:10])
+    direct, reference = L.MeshDetector(L.LandmarkParams()), L.MeshDetector(L.LandmarkParams())
+    assert direct._input is not None, "mediapipe's solution internals changed: the direct path is not used"
+    reference._input = None  # force FaceMesh.process
+    got = [direct(f) for f in frames]
+    want = [reference(f) for f in frames]
+    direct.close()
+    reference.close()
+    assert sum(g is None for g in got) == 1 and got[60] is None and want[60] is None
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            np.testing.assert_array_equal(g, w)

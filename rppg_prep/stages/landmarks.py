@@ -75,28 +75,57 @@ class LandmarkParams:
 
 
 class MeshDetector:
-    """MediaPipe Face Mesh in tracking mode for one video (it carries state between frames)."""
+    """MediaPipe Face Mesh in tracking mode for one video (it carries state between frames).
+
+    Frames go to the solution's graph directly rather than through ``FaceMesh.process``, which
+    builds a new namedtuple class on every call (about 0.3 ms of Python holding the GIL, plus
+    cyclic garbage for the collector) to return output streams this stage does not read. The
+    packet, its timestamp and the stream read are those of ``SolutionBase.process`` in the pinned
+    mediapipe 0.10.14, so the landmarks are identical (tested); if the solution's internals are not
+    what this expects, ``process`` is used.
+    """
 
     def __init__(self, params: LandmarkParams):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import mediapipe as mp
+            from mediapipe.python import packet_getter
 
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=False, max_num_faces=1, refine_landmarks=False,
                 min_detection_confidence=params.min_detection_confidence,
                 min_tracking_confidence=params.min_tracking_confidence)
+        self._proto_list = packet_getter.get_proto_list
+        inputs = getattr(self._mesh, "_input_stream_type_info", None) or {}
+        direct = (len(inputs) == 1 and isinstance(getattr(self._mesh, "_graph_outputs", None), dict)
+                  and isinstance(getattr(self._mesh, "_simulated_timestamp", None), int)
+                  and "multi_face_landmarks" in (getattr(self._mesh, "_output_stream_type_info", None) or {}))
+        self._input = next(iter(inputs.items())) if direct else None
         self.n_landmarks = 468
+
+    def _landmark_lists(self, rgb: np.ndarray) -> list | None:
+        if self._input is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return self._mesh.process(rgb).multi_face_landmarks
+        mesh, (stream, kind) = self._mesh, self._input
+        mesh._graph_outputs.clear()
+        mesh._simulated_timestamp += 33333  # SolutionBase.process's simulated 30-fps clock, in us
+        mesh._graph.add_packet_to_input_stream(
+            stream=stream, packet=mesh._make_packet(kind, rgb).at(mesh._simulated_timestamp))
+        mesh._graph.wait_until_idle()
+        out = mesh._graph_outputs.get("multi_face_landmarks")
+        return None if out is None or out.is_empty() else self._proto_list(out)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         """Landmarks of one RGB uint8 frame (H, W, 3) as float32 (468, 2) pixels, or None."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = self._mesh.process(rgb)
-        if not res.multi_face_landmarks:
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"the mesh takes RGB frames of shape (H, W, 3), got {rgb.shape}")
+        faces = self._landmark_lists(rgb)
+        if not faces:
             return None
         h, w = rgb.shape[:2]
-        pts = np.array([(p.x, p.y) for p in res.multi_face_landmarks[0].landmark], dtype=np.float32)
+        pts = np.array([(p.x, p.y) for p in faces[0].landmark], dtype=np.float32)
         pts *= np.array([w, h], dtype=np.float32)
         return pts
 
