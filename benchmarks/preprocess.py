@@ -26,6 +26,11 @@ Numbers (printed as a markdown table, saved to ``benchmarks/results/preprocess-<
   ``peak_rss_mib`` is the largest single process of the tree (wait4 reports the max, not the sum),
   ``tree_rss_sum_mib`` the peak of the summed RSS of all its processes, sampled every 0.1 s (psutil;
   shared pages are counted once per process)
+- every_n (``--every-n``)  per n: build frames/s against decode + mesh, the share of frames the mesh
+  ran on, whole-video POS and CHROM MAE (rPPG-Toolbox protocol, with each subject's HR) and the
+  POS-label window r at lag 0; and a noise band: the same figures for n = 1 rebuilt with the crop
+  0.8 % smaller and larger (face.enlarge 1.19, 1.21), i.e. how far they move for a change that
+  should not matter
 - cpu_s / other_cpu_s   CPU s (user+sys) of the build's process tree / busy CPU s of everything else on
   the machine during it (/proc/stat); load_* the 1-min load average before / after each step
 """
@@ -201,6 +206,8 @@ def accuracy(cache: Path) -> dict:
         scores = evaluate_build(cache, "ubfc", "ubfc", method, mode="toolbox")
         err = np.concatenate([np.abs(s.hr_pred_bpm - s.hr_ref_bpm) for s in scores])
         out[f"{method}_mae_bpm"] = round(float(np.nanmean(err)), 3)
+        out[f"{method}_hr_bpm_per_subject"] = {s.subject: round(float(s.hr_pred_bpm[0]), 1) for s in scores}
+        out["ref_hr_bpm_per_subject"] = {s.subject: round(float(s.hr_ref_bpm[0]), 1) for s in scores}
     build_nodes = rppg_prep.open_build(cache, "ubfc", "ubfc")
     r0 = [build_alignment(nodes, sid).at(0.0) for sid, nodes in build_nodes.items()]
     out["pos_label_r_lag0"] = round(float(np.mean(r0)), 4)
@@ -228,12 +235,45 @@ def sweep_every_n(data: Path, tmp: Path, videos: list[Path], ns: list[int], work
         if workers and n == ns[-1]:
             step(f"   every_n_frames = {n}, --workers {workers}")
             out[f"n{n}_workers{workers}"] = build(data, tmp / f"every{n}w", pipeline=str(yaml), workers=workers)
+    if 1 in ns:
+        out["noise"] = noise_band(data, tmp, out)
     out["decode_mesh_after"] = decode_mesh_fps(videos)
     dm = (out["decode_mesh_before"]["fps"] + out["decode_mesh_after"]["fps"]) / 2
     out["decode_mesh_fps_mean"] = round(dm, 1)
     for n in ns:
         out[f"n{n}"]["build_over_decode_mesh"] = round(out[f"n{n}"]["build"]["fps"] / dm, 3)
     return out
+
+
+NOISE_ENLARGE = (1.19, 1.21)
+
+
+def noise_band(data: Path, tmp: Path, sw: dict) -> dict:
+    """How far the accuracy figures move under a change that should not matter, as a yardstick for n.
+
+    The n = 1 build is rebuilt with ``face.enlarge`` 1.19 and 1.21 instead of 1.2 (crops 0.8 %
+    smaller or larger; the stored landmarks are reused). The band is the range of each figure over
+    these two and n = 1 itself: an n whose MAE is no higher than the band's top and whose r is no
+    lower than its bottom is accurate within noise.
+    """
+    runs = {"n1": {k: sw["n1"][k] for k in ("pos_mae_bpm", "chrom_mae_bpm", "pos_label_r_lag0")}}
+    for e in NOISE_ENLARGE:
+        name = f"n1_enlarge{e}"
+        shutil.copytree(tmp / "every1", tmp / name)
+        yaml = tmp / f"{name}.yaml"
+        yaml.write_text(f"name: ubfc\ndataset: ubfc\nstages:\n  landmarks: {{every_n_frames: 1}}\n"
+                        f"  face: {{enlarge: {e}}}\n")
+        step(f"   noise band: n = 1 with face.enlarge = {e} (landmarks reused)")
+        b = build(data, tmp / name, pipeline=str(yaml))
+        runs[name] = {"exit_code": b["exit_code"], **accuracy(tmp / name)}
+    keys = ("pos_mae_bpm", "chrom_mae_bpm", "pos_label_r_lag0")
+    band = {k: [min(r[k] for r in runs.values()), max(r[k] for r in runs.values())] for k in keys}
+    within = {}
+    for k, v in sw.items():
+        if k.startswith("n") and "pos_mae_bpm" in v:
+            within[k] = (v["pos_mae_bpm"] <= band["pos_mae_bpm"][1] and v["chrom_mae_bpm"] <= band["chrom_mae_bpm"][1]
+                         and v["pos_label_r_lag0"] >= band["pos_label_r_lag0"][0])
+    return {"runs": runs, "band": band, "within_band": within}
 
 
 def sweep_table(sw: dict, ns: list[int]) -> str:
@@ -244,6 +284,19 @@ def sweep_table(sw: dict, ns: list[int]) -> str:
         rows.append(f"| {n} | {r['build']['fps']} | {r['build_over_decode_mesh']} | {100 * r['measured_fraction']:.1f} % "
                     f"| {r['pos_mae_bpm']} | {r['chrom_mae_bpm']} | {r['pos_label_r_lag0']} | {r['build']['peak_rss_mib']} |")
     rows.append(f"\ndecode + mesh alone (mean of before and after): {sw['decode_mesh_fps_mean']} frames/s")
+    if "noise" in sw:
+        nb = sw["noise"]
+        for name, r in nb["runs"].items():
+            if name != "n1":
+                rows.append(f"{name}: POS MAE {r['pos_mae_bpm']}, CHROM MAE {r['chrom_mae_bpm']}, "
+                            f"r {r['pos_label_r_lag0']}")
+        rows.append("noise band (n = 1, face.enlarge 1.19 / 1.2 / 1.21): " + ", ".join(
+            f"{k} {lo}-{hi}" for k, (lo, hi) in nb["band"].items()))
+        rows.append("within the band: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in nb["within_band"].items()))
+    for n in ns:
+        r = sw[f"n{n}"]
+        rows.append(f"n={n} POS HR per subject: " + " ".join(f"{v}" for v in r["pos_hr_bpm_per_subject"].values()))
+    rows.append("reference HR per subject: " + " ".join(f"{v}" for v in sw[f"n{ns[0]}"]["ref_hr_bpm_per_subject"].values()))
     for k, v in sw.items():
         if "workers" in k:
             rows.append(f"{k}: {v['fps']} frames/s, summed RSS of the process tree {v['tree_rss_sum_mib']} MiB")
@@ -318,6 +371,10 @@ def main() -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
         print(sweep_table(r["every_n"], ns))
         out = REPO / "benchmarks" / "results" / f"preprocess-every-n-{datetime.date.today().isoformat()}.json"
+        k = 2
+        while out.exists():  # several sweeps a day: keep each
+            out = out.with_name(f"preprocess-every-n-{datetime.date.today().isoformat()}-run{k}.json")
+            k += 1
         out.write_text(json.dumps(r, indent=2) + "\n")
         print(f"\nresults: {out}")
         return

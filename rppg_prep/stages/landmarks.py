@@ -115,7 +115,11 @@ class MeshDetector:
             stream=stream, packet=mesh._make_packet(kind, rgb).at(mesh._simulated_timestamp))
         mesh._graph.wait_until_idle()
         out = mesh._graph_outputs.get("multi_face_landmarks")
-        return None if out is None or out.is_empty() else self._proto_list(out)
+        if out is None or out.is_empty():
+            return None
+        with warnings.catch_warnings():  # protobuf's deprecation notice about mediapipe's own getter
+            warnings.simplefilter("ignore")
+            return self._proto_list(out)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         """Landmarks of one RGB uint8 frame (H, W, 3) as float32 (468, 2) pixels, or None."""
