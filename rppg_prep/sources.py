@@ -32,8 +32,8 @@ __all__ = ["VideoInfo", "FrameBatch", "probe", "iter_frames", "read_timestamps",
 
 #: a container that promises more frames than this fraction decodes is reported as truncated
 MIN_DECODED_FRACTION = 0.98
-#: batches decoded ahead of the consumer
-PREFETCH_BATCHES = 3
+#: batches decoded ahead of the consumer (each frame held here is 0.9 MB at 640x480: see build.BATCH_FRAMES)
+PREFETCH_BATCHES = 2
 
 
 @dataclass(frozen=True)

@@ -234,8 +234,9 @@ class FaceTracker:
         }
 
 
-#: batches handed to the crop thread and not yet cropped: slack against stalls (execution only)
-CROP_IN_FLIGHT = 4
+#: batches handed to the crop thread and not yet cropped: slack against stalls (execution only; memory:
+#: see build.BATCH_FRAMES)
+CROP_IN_FLIGHT = 2
 
 
 def gaps(valid: np.ndarray, t_s: np.ndarray) -> list[tuple[float, float]]:
