@@ -102,6 +102,39 @@ def decode_mesh_fps(videos: list[Path]) -> dict:
     return {"frames": n, "wall_s": round(dt, 2), "fps": round(n / dt, 1)}
 
 
+def mesh_ms_by_scale(video: Path, scales=(1.0, 0.5, 0.35), frames: int = 300) -> dict:
+    """Face Mesh wall ms per call on the first ``frames`` frames of one video, the frame resized by each scale.
+
+    Issue 15 asked for the mesh on a downscaled frame when the face is large; this says whether it
+    pays. (The mesh crops its face ROI from the frame and resizes it to the model's 192 x 192
+    input, so the frame size should matter little.) Also the cost of the INTER_AREA resize.
+    """
+    from rppg_prep.stages.landmarks import LandmarkParams, make_detector
+
+    cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+    rgb = []
+    while len(rgb) < frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        rgb.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    out = {}
+    for scale in scales:
+        t0 = time.perf_counter()
+        small = rgb if scale == 1.0 else [cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+                                         for f in rgb]
+        resize_ms = 1000 * (time.perf_counter() - t0) / len(rgb)
+        det = make_detector(LandmarkParams())
+        t0 = time.perf_counter()
+        found = sum(det(f) is not None for f in small)
+        out[str(scale)] = {"mesh_ms": round(1000 * (time.perf_counter() - t0) / len(small), 3),
+                           "resize_ms": round(resize_ms, 3), "faces_found": found, "frames": len(small),
+                           "frame_hw": list(small[0].shape[:2])}
+        det.close()
+    return out
+
+
 def cpu_busy_s() -> float:
     """Machine-wide busy CPU seconds so far (all cores, /proc/stat: everything but idle and iowait)."""
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
@@ -217,8 +250,14 @@ def accuracy(cache: Path) -> dict:
 
 def sweep_every_n(data: Path, tmp: Path, videos: list[Path], ns: list[int], workers: int | None) -> dict:
     """``landmarks.every_n_frames`` = n for each n: build frames/s, decode + mesh frames/s, accuracy."""
+    from rppg_prep.stages.landmarks import LandmarkParams
+
     out: dict = {"decode_mesh_before": decode_mesh_fps(videos)}
     step(f"   decode + mesh alone: {out['decode_mesh_before']['fps']} frames/s")
+    out["mesh_ms_by_scale"] = mesh_ms_by_scale(videos[0])
+    step(f"   mesh ms per call by frame scale ({videos[0].parent.name}): {out['mesh_ms_by_scale']}")
+    default_n = LandmarkParams().every_n_frames
+    workers_n = default_n if default_n in ns else ns[-1]
     for n in ns:
         yaml = tmp / f"every{n}.yaml"
         yaml.write_text(f"name: ubfc\ndataset: ubfc\nstages:\n  landmarks: {{every_n_frames: {n}}}\n")
@@ -232,7 +271,7 @@ def sweep_every_n(data: Path, tmp: Path, videos: list[Path], ns: list[int], work
         out[f"n{n}"] = {"build": b, "measured_fraction": round(measured / max(b["frames"], 1), 4),
                         **accuracy(tmp / f"every{n}")}
         step(f"   n={n}: {b['fps']} frames/s, {out[f'n{n}']}")
-        if workers and n == ns[-1]:
+        if workers and n == workers_n:
             step(f"   every_n_frames = {n}, --workers {workers}")
             out[f"n{n}_workers{workers}"] = build(data, tmp / f"every{n}w", pipeline=str(yaml), workers=workers)
     if 1 in ns:
@@ -284,6 +323,9 @@ def sweep_table(sw: dict, ns: list[int]) -> str:
         rows.append(f"| {n} | {r['build']['fps']} | {r['build_over_decode_mesh']} | {100 * r['measured_fraction']:.1f} % "
                     f"| {r['pos_mae_bpm']} | {r['chrom_mae_bpm']} | {r['pos_label_r_lag0']} | {r['build']['peak_rss_mib']} |")
     rows.append(f"\ndecode + mesh alone (mean of before and after): {sw['decode_mesh_fps_mean']} frames/s")
+    rows.append("mesh per call by frame scale: " + ", ".join(
+        f"{k}: {v['mesh_ms']} ms (+{v['resize_ms']} ms resize, {v['faces_found']}/{v['frames']} found)"
+        for k, v in sw["mesh_ms_by_scale"].items()))
     if "noise" in sw:
         nb = sw["noise"]
         for name, r in nb["runs"].items():
@@ -353,8 +395,8 @@ def main() -> None:
                     help="also time a full build with N worker processes")
     ap.add_argument("--every-n", default=None, metavar="N[,N...]",
                     help="only the landmarks.every_n_frames sweep (e.g. 1,2,3,4): build frames/s against decode + "
-                         "mesh, POS/CHROM MAE and the POS-label r at lag 0 per n; with --workers-also, the last n "
-                         "is also built with that many workers")
+                         "mesh, POS/CHROM MAE and the POS-label r at lag 0 per n; with --workers-also, the default n "
+                         "(or the last) is also built with that many workers")
     args = ap.parse_args()
     videos = sorted(args.data.glob("subject*/vid.mp4"))
     if not videos:
