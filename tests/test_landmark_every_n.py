@@ -124,9 +124,13 @@ def test_interpolated_crops_follow_the_per_frame_track_on_a_real_subject(real_bu
     assert sub["face"]["valid"][:].mean() >= per_frame["face"]["valid"][:].mean() - 0.01
 
 
-def test_the_direct_graph_path_gives_the_landmarks_of_facemesh_process(real_data):
-    """MeshDetector feeds the graph itself (no per-call namedtuple); FaceMesh.process must agree bitwise."""
+def test_the_direct_graph_path_gives_the_landmarks_of_facemesh_process(real_data, monkeypatch):
+    """MeshDetector feeds the graph itself and reads the landmarks off the wire; FaceMesh.process must agree bitwise."""
     import cv2
+
+    wire = []
+    read = L._xy_from_wire
+    monkeypatch.setattr(L, "_xy_from_wire", lambda data, n: wire.append(read(data, n) is not None) or read(data, n))
 
     cap = cv2.VideoCapture(str(real_data / "ubfc-rppg" / "subject3" / "vid.mp4"))
     frames = []
@@ -145,7 +149,24 @@ def test_the_direct_graph_path_gives_the_landmarks_of_facemesh_process(real_data
     direct.close()
     reference.close()
     assert sum(g is None for g in got) == 1 and got[60] is None and want[60] is None
+    assert len(wire) == len(frames) - 1 and all(wire)  # the numpy reading, not the protobuf fallback
     for g, w in zip(got, want):
         assert (g is None) == (w is None)
         if g is not None:
             np.testing.assert_array_equal(g, w)
+
+
+def test_landmarks_read_from_the_wire_match_protobuf_and_other_layouts_fall_back():
+    from mediapipe.framework.formats import landmark_pb2
+
+    rng = np.random.default_rng(0)
+    msg = landmark_pb2.NormalizedLandmarkList()
+    for x, y, z in rng.uniform(-0.2, 1.2, size=(468, 3)):
+        p = msg.landmark.add()
+        p.x, p.y, p.z = x, y, z
+    msg.landmark[5].x = 0.0  # a set zero is still written (proto2 presence)
+    want = np.array([(p.x, p.y) for p in msg.landmark], dtype=np.float32)
+    np.testing.assert_array_equal(L._xy_from_wire(msg.SerializeToString(), 468), want)
+    assert L._xy_from_wire(msg.SerializeToString(), 467) is None  # wrong count
+    msg.landmark[7].visibility = 0.5  # another layout: the caller must parse with protobuf
+    assert L._xy_from_wire(msg.SerializeToString(), 468) is None
