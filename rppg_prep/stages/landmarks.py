@@ -47,9 +47,11 @@ class LandmarkParams:
         Run the detector on every n-th frame only, and interpolate the landmarks of the frames in
         between linearly along the track; the frames around a lost face or a fast move are all
         measured (see :class:`LandmarkTrack`). 1 measures every frame. The default 2 was chosen by
-        ``benchmarks/preprocess.py --every-n 1,2,3,4`` on the 8 shared UBFC-rPPG subjects: POS and
-        CHROM MAE unchanged and the POS-label correlation within 0.01 of n = 1, where n = 3 moved
-        one subject's whole-video POS HR (README, Performance).
+        ``benchmarks/preprocess.py --every-n 1,2,3,4`` on the 8 shared UBFC-rPPG subjects: 1.37x
+        the speed of decode + mesh, POS MAE equal to n = 1's, CHROM MAE lower, and the POS-label
+        correlation 0.006 lower, half of what a 0.8 % change of the crop size moves it at n = 1.
+        n = 3 is faster and also within that noise, but it doubled the POS MAE by flipping one
+        subject's whole-video HR (README, Performance).
     max_motion_frac : float
         A move of the landmark box between two measured frames faster than this fraction of the
         box side per frame counts as fast: the frames in between are measured, not interpolated.
