@@ -162,7 +162,13 @@ class MeshDetector:
         return xy
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
-        """Landmarks of one RGB uint8 frame (H, W, 3) as float32 (468, 2) pixels, or None."""
+        """Landmarks of one RGB uint8 frame (H, W, 3) as float32 (468, 2) pixels, or None.
+
+        Raises
+        ------
+        ValueError
+            The frame is not of shape (H, W, 3).
+        """
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"the mesh takes RGB frames of shape (H, W, 3), got {rgb.shape}")
         pts = self._first_face_xy(rgb)
