@@ -91,10 +91,8 @@ def _xy_from_wire(data: bytes, n: int) -> np.ndarray | None:
     rec = raw.reshape(n, _WIRE_RECORD)
     if not all(bool(np.all(rec[:, col] == tag)) for col, tag in _WIRE_TAGS):
         return None
-    xy = np.empty((n, 2), dtype="<f4")
-    xy[:, 0] = np.ascontiguousarray(rec[:, 3:7]).view("<f4")[:, 0]
-    xy[:, 1] = np.ascontiguousarray(rec[:, 8:12]).view("<f4")[:, 0]
-    return xy.astype(np.float32, copy=False)
+    xy_bytes = np.ascontiguousarray(rec[:, np.r_[3:7, 8:12]])  # x's 4 bytes, then y's
+    return xy_bytes.view("<f4").astype(np.float32, copy=False)
 
 
 class MeshDetector:
@@ -143,23 +141,23 @@ class MeshDetector:
                 faces = self._mesh.process(rgb).multi_face_landmarks
             if not faces:
                 return None
-            return np.array([(p.x, p.y) for p in faces[0].landmark], dtype=np.float32)
-        mesh, (stream, kind) = self._mesh, self._input
-        mesh._graph_outputs.clear()
-        mesh._simulated_timestamp += 33333  # SolutionBase.process's simulated 30-fps clock, in us
-        mesh._graph.add_packet_to_input_stream(
-            stream=stream, packet=mesh._make_packet(kind, rgb).at(mesh._simulated_timestamp))
-        mesh._graph.wait_until_idle()
-        out = mesh._graph_outputs.get("multi_face_landmarks")
-        if out is None or out.is_empty():
-            return None
-        faces = self._serialized(out)
-        if not faces:
-            return None
-        xy = _xy_from_wire(faces[0], self.n_landmarks)
-        if xy is None:
-            xy = np.array([(p.x, p.y) for p in self._parse(faces[0]).landmark], dtype=np.float32)
-        return xy
+            face = faces[0]
+        else:
+            mesh, (stream, kind) = self._mesh, self._input
+            mesh._graph_outputs.clear()
+            mesh._simulated_timestamp += 33333  # SolutionBase.process's simulated 30-fps clock, in us
+            mesh._graph.add_packet_to_input_stream(
+                stream=stream, packet=mesh._make_packet(kind, rgb).at(mesh._simulated_timestamp))
+            mesh._graph.wait_until_idle()
+            out = mesh._graph_outputs.get("multi_face_landmarks")
+            faces = None if out is None or out.is_empty() else self._serialized(out)
+            if not faces:
+                return None
+            xy = _xy_from_wire(faces[0], self.n_landmarks)
+            if xy is not None:
+                return xy
+            face = self._parse(faces[0])
+        return np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         """Landmarks of one RGB uint8 frame (H, W, 3) as float32 (468, 2) pixels, or None.
