@@ -262,8 +262,7 @@ def sweep_every_n(data: Path, tmp: Path, videos: list[Path], ns: list[int], work
     default_n = LandmarkParams().every_n_frames
     workers_n = default_n if default_n in ns else ns[-1]
     for n in ns:
-        yaml = tmp / f"every{n}.yaml"
-        yaml.write_text(f"name: ubfc\ndataset: ubfc\nstages:\n  landmarks: {{every_n_frames: {n}}}\n")
+        yaml = write_pipeline(tmp / f"every{n}.yaml", {"landmarks": {"every_n_frames": n}})
         step(f"   every_n_frames = {n}: full build, 1 process")
         b = build(data, tmp / f"every{n}", pipeline=str(yaml))
         man = json.loads((tmp / f"every{n}" / "ubfc.builds" / "ubfc.json").read_text())
@@ -293,28 +292,35 @@ def sweep_every_n(data: Path, tmp: Path, videos: list[Path], ns: list[int], work
 
 
 NOISE_ENLARGE = (1.19, 1.21)
+#: the accuracy figures of :func:`accuracy` that the noise band covers
+FIGURES = ("pos_mae_bpm", "chrom_mae_bpm", "pos_label_r_lag0")
+
+
+def write_pipeline(path: Path, stages: dict) -> Path:
+    """A pipeline config for the UBFC-rPPG build with these stage params (the rest default)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"name": "ubfc", "dataset": "ubfc", "stages": stages}))
+    return path
 
 
 def noise_band(data: Path, tmp: Path, sw: dict) -> dict:
     """How far the accuracy figures move under a change that should not matter, as a yardstick for n.
 
-    The n = 1 build is rebuilt with ``face.enlarge`` 1.19 and 1.21 instead of 1.2 (crops 0.8 %
-    smaller or larger; the stored landmarks are reused). The band is the range of each figure over
+    The n = 1 build is rebuilt with ``face.enlarge`` at each of :data:`NOISE_ENLARGE` instead of
+    1.2 (crops 0.8 % smaller or larger; the stored landmarks are reused). The band is the range of each figure over
     these two and n = 1 itself: an n whose MAE is no higher than the band's top and whose r is no
     lower than its bottom is accurate within noise.
     """
-    runs = {"n1": {k: sw["n1"][k] for k in ("pos_mae_bpm", "chrom_mae_bpm", "pos_label_r_lag0")}}
+    runs = {"n1": {k: sw["n1"][k] for k in FIGURES}}
     for e in NOISE_ENLARGE:
         name = f"n1_enlarge{e}"
         shutil.copytree(tmp / "every1", tmp / name)
-        yaml = tmp / f"{name}.yaml"
-        yaml.write_text(f"name: ubfc\ndataset: ubfc\nstages:\n  landmarks: {{every_n_frames: 1}}\n"
-                        f"  face: {{enlarge: {e}}}\n")
+        yaml = write_pipeline(tmp / f"{name}.yaml", {"landmarks": {"every_n_frames": 1}, "face": {"enlarge": e}})
         step(f"   noise band: n = 1 with face.enlarge = {e} (landmarks reused)")
         b = build(data, tmp / name, pipeline=str(yaml))
         runs[name] = {"exit_code": b["exit_code"], **accuracy(tmp / name)}
-    keys = ("pos_mae_bpm", "chrom_mae_bpm", "pos_label_r_lag0")
-    band = {k: [min(r[k] for r in runs.values()), max(r[k] for r in runs.values())] for k in keys}
+    band = {k: [min(r[k] for r in runs.values()), max(r[k] for r in runs.values())] for k in FIGURES}
     within = {}
     for k, v in sw.items():
         if k.startswith("n") and "pos_mae_bpm" in v:
@@ -341,7 +347,7 @@ def sweep_table(sw: dict, ns: list[int]) -> str:
             if name != "n1":
                 rows.append(f"{name}: POS MAE {r['pos_mae_bpm']}, CHROM MAE {r['chrom_mae_bpm']}, "
                             f"r {r['pos_label_r_lag0']}")
-        rows.append("noise band (n = 1, face.enlarge 1.19 / 1.2 / 1.21): " + ", ".join(
+        rows.append(f"noise band (n = 1, face.enlarge 1.2 and {' and '.join(map(str, NOISE_ENLARGE))}): " + ", ".join(
             f"{k} {lo}-{hi}" for k, (lo, hi) in nb["band"].items()))
         rows.append("within the band: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in nb["within_band"].items()))
     for n in ns:
