@@ -1,31 +1,45 @@
-"""Train every family on real clips, then score it on held-out subjects beside POS and a constant (run by hand).
+"""Train the families on real clips and score them on subjects they never saw, beside POS and a constant (run by hand).
 
-    # CPU recipe (README): STGNet on 16-px crops, Meta-rPPG on 32-px crops, both `temporal`
-    .venv/bin/python benchmarks/train_eval.py --cache CACHE --families stgnet --size-px 16 --norm temporal \\
-        --lr 1e-3 --batch 4 --steps 1500 --threads 1
-    .venv/bin/python benchmarks/train_eval.py --cache CACHE --families meta-rppg --meta-size-px 32 \\
-        --norm temporal --lr 1e-3 --batch 4 --steps 1000 --threads 1
-    # a CUDA machine: every family at the paper's input size, in under 10 minutes in all
+    # subject-disjoint 4-fold evaluation, 3 seeds (the README's fold table); one family per run
+    .venv/bin/python benchmarks/train_eval.py --cache CACHE --families stgnet --folds 4 --seeds 0 1 2 \\
+        --size-px 16 --norm temporal --pos-embed off --lr 1e-3 --batch 4 --steps 800 --threads 1
+    # a fixed split (the JSON of earlier runs: results[family] with mae and bvp_r, constant, pos)
+    .venv/bin/python benchmarks/train_eval.py --cache CACHE --families meta-rppg --test subject8 subject9 ...
+    # a CUDA machine: every family at the paper's input size
     .venv/bin/python benchmarks/train_eval.py --cache CACHE --device cuda
 
 CACHE holds a build of the 8 real UBFC-rPPG subjects (``rppg-prep build ubfc --root
 ../shared/data/ubfc-rppg --cache CACHE``) and, for the 3D-CNN, the synthetic build (``rppg-prep build
-synthetic --cache CACHE``; built here when missing). STGNet, Meta-rPPG and IENet (RGB only) train on
-every subject but the ``--test`` ones (default subject8 and subject9) with
-:func:`rppg_models.train.fit`, for ``--steps`` steps or ``--minutes`` minutes, whichever comes first;
-the 3D-CNN trains on its synthetic videos alone, as in its paper. Each is scored by
-:func:`rppg_models.evaluate.evaluate_checkpoint` on every clip of the test subjects: HR per clip
-(Welch peak of the predicted BVP on the frame clock) against the clip's label HR (``--hr-label``,
-default the median of the beats), MAE / RMSE / MAPE / Pearson r over the clips, SNR, and the mean
-per-clip Pearson r between the predicted and the label BVP. On the same clips: POS on the face-skin
-ROI (no training) and a constant predictor (the mean label HR of the training clips).
+synthetic --cache CACHE``; built here when missing).
+
+**Protocol.** ``--folds K`` (the default, K = 4) splits the subjects into K subject-disjoint folds
+(:func:`rppg_models.folds.kfold_splits`); ``--test SUBJECTS`` makes one fixed split instead. In every
+split one training subject is held back for validation (``--val`` for a fixed split): the checkpoint
+is the state with the best validation loss (``--select``), evaluated every ``--val-every`` steps,
+never anything measured on the test subjects. Each split runs for every seed of ``--seeds``.
+STGNet, Meta-rPPG and IENet (RGB only) train with :func:`rppg_models.train.fit`; the 3D-CNN trains on
+its synthetic videos alone, as in its paper (one model per seed, scored on every fold); ST2S runs
+:func:`rppg_models.st2s_pipeline.evaluate_split` (HR per 10-s ST segment).
+
+Scores, on the test subjects of each split:
+
+* per clip: HR (Welch peak of the predicted BVP on the frame clock) against the clip's label HR
+  (``--hr-label``, default the median of the beats), MAE / RMSE / MAPE / Pearson r over the clips,
+  and the mean per-clip Pearson r between the predicted and the label BVP;
+* the rPPG-Toolbox protocol: one HR per test subject from its concatenated prediction (the clips'
+  predictions z-scored and overlap-averaged), FFT peak in 0.75-2.5 Hz after the Toolbox's detrend
+  and band-pass, against the contact PPG of the same frames through the same steps; MAE, RMSE, MAPE
+  and r over subjects (pooled over the folds of a seed, so every subject counts once per seed).
+
+Beside every family, on the same clips: POS on the face-skin ROI (no training) and a constant
+predictor (the mean label HR of the training and validation clips). The fold summary gives mean ±
+s.d. over the folds and seeds, the per-seed means, and in how many (fold, seed) runs each family
+beat the constant.
 
 With ``--device cuda`` the defaults become a GPU plan (the paper's input sizes, ``temporal`` pixel
-normalisation, batch 8, 1.5 minutes of training per family, AMP on; under 10 minutes in all) and the
-JSON also records the GPU's name and each family's peak GPU memory. On
-a machine without CUDA, ``--device cuda`` stops at once with a clear message; ``--device cpu`` (or
-``auto`` without a GPU) never touches CUDA. Writes
-``benchmarks/results/train-eval-<date>-<device>-<families>.json``.
+normalisation, batch 8, 1.5 minutes of training per family and split, AMP on) and the JSON also records the
+GPU's name and each family's peak GPU memory. On a machine without CUDA, ``--device cuda`` stops at
+once with a clear message. Writes ``benchmarks/results/train-eval-<date>-<device>-<families>[-folds].json``.
 """
 
 from __future__ import annotations
@@ -41,12 +55,16 @@ import torch
 
 from rppg_models.data import hr_label_array
 from rppg_models.evaluate import evaluate_checkpoint, hr_on_clock
+from rppg_models.folds import Split, fixed_split, kfold_splits, mean_sd, overlap_average, whole_video_hr
 from rppg_models.train import FAMILIES, TrainConfig, fit, fit_cnn3d, pick_device
 from rppg_prep import open_build
 from rppg_prep.errors import StoreError
 from rppg_prep.protocols import metrics
 
-ALL_FAMILIES = [*sorted(FAMILIES), "cnn3d"]
+ALL_FAMILIES = [*sorted(FAMILIES), "cnn3d", "st2s"]
+#: the figures summarised over folds and seeds
+CLIP_KEYS = ("mae", "rmse", "pearson_r", "bvp_r")
+TOOLBOX_KEYS = ("mae", "rmse", "mape", "pearson_r")
 
 
 def clip_table(build: dict, subjects: list[str], hr_label: str) -> list[dict]:
@@ -66,16 +84,62 @@ def summary(pred: list[float], ref: list[float], bvp_r: list[float] | None = Non
             "bvp_r": float(np.nanmean(bvp_r)) if bvp_r is not None else float("nan")}
 
 
-def constant_baseline(build: dict, train: list[str], clips: list[dict], hr_label: str) -> dict:
-    """The floor a model must beat: every test clip predicted at the mean label HR of the training clips."""
-    const = float(np.nanmean(np.concatenate([hr_label_array(build[s]["labels"], "clip_", hr_label) for s in train])))
-    return {"hr_bpm": const, **summary([const] * len(clips), [c["hr_ref_bpm"] for c in clips])}
+def video_span(build: dict, sid: str) -> tuple[int, int]:
+    """[first, last) frame covered by the subject's clips: the frames the whole-video protocol scores."""
+    win = build[sid]["clips"]["window"][:]
+    return int(win[:, 0].min()), int(win[:, 1].max())
 
 
-def pos_baseline(build: dict, clips: list[dict]) -> dict:
-    """POS (Wang 2017) on the face-skin ROI of each clip: HR as the models' (Welch on the frame clock), BVP r."""
-    from rppg_prep.scoring import skin_rgb
+def toolbox_reference(build: dict, subjects: list[str]) -> dict[str, float]:
+    """Whole-video HR (bpm) of the contact PPG over the frames the clips cover, Toolbox protocol."""
+    out = {}
+    for sid in subjects:
+        a, b = video_span(build, sid)
+        lab = build[sid]["labels"]
+        out[sid] = whole_video_hr(lab["bvp"][a:b], lab["t_s"][a:b])
+    return out
+
+
+def toolbox_scores(pred: dict[str, float], ref: dict[str, float]) -> dict:
+    """Per-subject HRs and their metrics (NaN metrics with fewer than 2 subjects)."""
+    subjects = sorted(ref)
+    row = {"per_subject": {s: {"hr_pred_bpm": pred[s], "hr_ref_bpm": ref[s]} for s in subjects}}
+    try:
+        m = metrics([pred[s] for s in subjects], [ref[s] for s in subjects])
+        row.update(mae=m.mae, rmse=m.rmse, mape=m.mape, pearson_r=m.pearson_r)
+    except ValueError:
+        row.update(mae=float("nan"), rmse=float("nan"), mape=float("nan"), pearson_r=float("nan"))
+    return row
+
+
+def family_toolbox(build: dict, subjects: list[str], bvp: dict[tuple[str, int], np.ndarray]) -> dict[str, float]:
+    """Whole-video HR per subject from a family's clip predictions (overlap-averaged, z-scored)."""
+    out = {}
+    for sid in subjects:
+        win = build[sid]["clips"]["window"][:]
+        ks = sorted(k for s, k in bvp if s == sid)
+        if not ks:
+            out[sid] = float("nan")
+            continue
+        a, b = video_span(build, sid)
+        t = build[sid]["labels"]["t_s"][:]
+        sig = overlap_average([bvp[(sid, k)] for k in ks], win[ks], len(t))
+        out[sid] = whole_video_hr(sig[a:b], t[a:b])
+    return out
+
+
+def constant_baseline(build: dict, known: list[str], clips: list[dict], hr_label: str,
+                      toolbox_ref: dict[str, float]) -> dict:
+    """The floor a model must beat: every test clip (and subject) predicted at the mean label HR of ``known``."""
+    const = float(np.nanmean(np.concatenate([hr_label_array(build[s]["labels"], "clip_", hr_label) for s in known])))
+    return {"hr_bpm": const, **summary([const] * len(clips), [c["hr_ref_bpm"] for c in clips]),
+            "toolbox": toolbox_scores({s: const for s in toolbox_ref}, toolbox_ref)}
+
+
+def pos_baseline(build: dict, clips: list[dict], toolbox_ref: dict[str, float]) -> dict:
+    """POS (Wang 2017) on the face-skin ROI: per clip (HR as the models', BVP r) and per whole video."""
     from rppg_prep.methods import get_method
+    from rppg_prep.scoring import skin_rgb
 
     pos = get_method("pos")
     traces, pred, rs = {}, [], []
@@ -88,105 +152,238 @@ def pos_baseline(build: dict, clips: list[dict]) -> dict:
         p = pos(traces[c["subject"]][a:b], (b - a - 1) / (t[-1] - t[0]))
         pred.append(hr_on_clock(p, t)[0])
         rs.append(float(np.corrcoef(p, nodes["labels"]["bvp"][a:b])[0, 1]))
-    return summary(pred, [c["hr_ref_bpm"] for c in clips], rs)
+    whole = {}
+    for sid in toolbox_ref:
+        a, b = video_span(build, sid)
+        t = build[sid]["labels"]["t_s"][a:b]
+        whole[sid] = whole_video_hr(pos(traces[sid][a:b], (b - a - 1) / (t[-1] - t[0])), t)
+    return {**summary(pred, [c["hr_ref_bpm"] for c in clips], rs), "toolbox": toolbox_scores(whole, toolbox_ref)}
+
+
+def ensure_synthetic(cache: Path) -> None:
+    try:
+        open_build(cache, "synthetic", "synthetic")
+    except StoreError:  # no synthetic build yet: make it (a few seconds)
+        from click.testing import CliRunner
+
+        from rppg_prep.cli import main as cli
+        CliRunner().invoke(cli, ["build", "synthetic", "--cache", str(cache)], catch_exceptions=False)
+
+
+def run_family(fam: str, args, split: Split, seed: int, dev: torch.device, plan: dict, build: dict,
+               toolbox_ref: dict[str, float], cnn3d_cache: dict) -> dict:
+    """Train ``fam`` on the split's training subjects (validated on its validation subject), score the test ones."""
+    cuda = dev.type == "cuda"
+    t0 = time.perf_counter()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    if fam == "st2s":
+        from rppg_models import st2s_pipeline
+
+        res = st2s_pipeline.evaluate_split(args.cache, "ubfc", "ubfc", train=split.train, val=split.val,
+                                           test=split.test, seed=seed, device=str(dev), hr_label=args.hr_label,
+                                           **({"epochs": args.st2s_epochs} if args.st2s_epochs else {}))
+        res["train_s"] = round(time.perf_counter() - t0, 1)
+        return res
+    if fam == "cnn3d":
+        n = args.cnn3d_steps or (3000 if cuda else 300)
+        if seed not in cnn3d_cache:  # synthetic videos alone: one model per seed serves every fold
+            ensure_synthetic(args.cache)
+            cnn3d_cache[seed] = fit_cnn3d(args.cache, steps=n, batch=32, seed=seed, device=str(dev),
+                                          out=args.cache / "models", progress=False)
+        res, cfg = cnn3d_cache[seed], {"steps": n, "batch": 32, "lr": 1e-3, "seed": seed}
+    else:
+        size_px = {"stgnet": args.size_px, "meta-rppg": args.meta_size_px}.get(fam)
+        tc = TrainConfig(steps=plan["steps"], batch=plan["batch"], lr=args.lr, amp=args.amp, workers=plan["workers"],
+                         max_minutes=plan["minutes"], norm=plan["norm"], size_px=size_px, seed=seed,
+                         frames=args.frames if fam == "stgnet" else None, val_every=args.val_every,
+                         select=args.select, patience=args.patience,
+                         pos_embed=args.pos_embed if fam == "stgnet" else "learned",
+                         augment=args.augment, schedule=args.schedule)
+        res = fit(fam, args.cache, "ubfc", "ubfc", tc, subjects=split.train, val_subjects=split.val,
+                  device=str(dev), out=args.cache / "models", progress=False)
+        cfg = asdict(tc)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    bvp: dict = {}
+    scores, _ = evaluate_checkpoint(res["checkpoint"], args.cache, "ubfc", "ubfc", subjects=split.test,
+                                    device=str(dev), hr_label=args.hr_label, bvp_out=bvp)
+    eval_s = time.perf_counter() - t1
+    losses = res["losses"]
+    k = max(1, len(losses) // 20)
+    row = {"config": cfg, "steps_run": len(losses), "best_step": res.get("best_step"), "val": res.get("val", []),
+           "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
+           "train_clips_per_s": res["clips_per_s"], "eval_clips_per_s": len(scores) / eval_s,
+           "gpu_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
+           "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
+           "checkpoint": str(res["checkpoint"]),
+           **summary([s.hr_pred_bpm for s in scores], [s.hr_ref_bpm for s in scores], [s.bvp_r for s in scores])}
+    if bvp:
+        row["toolbox"] = toolbox_scores(family_toolbox(build, split.test, bvp), toolbox_ref)
+    row["clips"] = [asdict(s) for s in scores]
+    return row
+
+
+def run_split(build: dict, split: Split, families: list[str], args, seed: int, dev, plan: dict,
+              cnn3d_cache: dict, baselines: dict) -> dict:
+    """One (split, seed): the baselines (computed once per split) and every family."""
+    clips = clip_table(build, split.test, args.hr_label)
+    ref = toolbox_reference(build, split.test)
+    if split.fold not in baselines:
+        baselines[split.fold] = {"constant": constant_baseline(build, split.train + split.val, clips, args.hr_label, ref),
+                                 "pos": pos_baseline(build, clips, ref)}
+    out = {"fold": split.fold, "seed": seed, "train_subjects": split.train, "val_subjects": split.val,
+           "test_subjects": split.test, "n_clips": len(clips), **baselines[split.fold], "results": {}}
+    for fam in families:
+        r = run_family(fam, args, split, seed, dev, plan, build, ref, cnn3d_cache)
+        out["results"][fam] = r
+        const = out["constant"]["mae"] if fam != "st2s" else r.get("constant_segments", {}).get("mae", float("nan"))
+        print(f"fold {split.fold} seed {seed} {fam}: MAE {r['mae']:.2f} (constant {const:.2f}) "
+              f"r {r.get('pearson_r', float('nan')):.3f} BVP r {r.get('bvp_r', float('nan')):.3f}"
+              f" best step {r.get('best_step')}, {r.get('train_s', 0):.0f} s", flush=True)
+    return out
+
+
+def fold_summary(runs: list[dict], families: list[str]) -> dict:
+    """Mean ± s.d. over the (fold, seed) runs, per-seed fold means, wins over the constant, Toolbox per seed."""
+    seeds = sorted({r["seed"] for r in runs})
+    names = ["constant", "pos", *families]
+
+    def rows(name):
+        for r in runs:
+            yield r, (r[name] if name in ("constant", "pos") else r["results"][name])
+
+    out = {}
+    for name in names:
+        per_run = list(rows(name))
+        entry = {"clip": {k: mean_sd(x.get(k, float("nan")) for _, x in per_run) for k in CLIP_KEYS}}
+        entry["clip_per_seed"] = {str(s): {k: mean_sd(x.get(k, float("nan")) for r, x in per_run if r["seed"] == s)
+                                           ["mean"] for k in CLIP_KEYS} for s in seeds}
+        if name not in ("constant", "pos"):
+            if name == "st2s":
+                wins = [x["mae"] < x["constant_segments"]["mae"] for _, x in per_run]
+                entry["two_stage_mae"] = mean_sd(x["two_stage"]["mae"] for _, x in per_run)
+                entry["constant_segments_mae"] = mean_sd(x["constant_segments"]["mae"] for _, x in per_run)
+            else:
+                wins = [x["mae"] < r["constant"]["mae"] for r, x in per_run]
+            entry["beats_constant"] = {"runs": int(sum(wins)), "of": len(wins),
+                                       "per_seed_fold_mean": {str(s): bool(entry["clip_per_seed"][str(s)]["mae"] <
+                                                                           _seed_mean(runs, s, name))
+                                                              for s in seeds}}
+        pooled = {}
+        for s in seeds:
+            pred, ref = {}, {}
+            for r, x in per_run:
+                if r["seed"] == s and "toolbox" in x:
+                    for sid, v in x["toolbox"]["per_subject"].items():
+                        pred[sid], ref[sid] = v["hr_pred_bpm"], v["hr_ref_bpm"]
+            if len(ref) >= 2:
+                pooled[str(s)] = {k: v for k, v in toolbox_scores(pred, ref).items() if k != "per_subject"}
+        if pooled:
+            entry["toolbox_per_seed"] = pooled
+            entry["toolbox"] = {k: mean_sd(p[k] for p in pooled.values()) for k in TOOLBOX_KEYS}
+        out[name] = entry
+    return out
+
+
+def _seed_mean(runs: list[dict], seed: int, name: str) -> float:
+    """The constant's fold-mean clip MAE for one seed (per segment for ST2S)."""
+    vals = [(r["results"][name]["constant_segments"]["mae"] if name == "st2s" else r["constant"]["mae"])
+            for r in runs if r["seed"] == seed]
+    return float(np.mean(vals))
+
+
+def print_tables(out: dict, families: list[str]) -> None:
+    s = out["summary"]
+    f = lambda d: f"{d['mean']:.2f} ± {d['sd']:.2f}"  # noqa: E731
+    print(f"\n{out['protocol']}: {len(out['runs'])} runs (folds x seeds); mean ± s.d. over them\n")
+    print("| method | clip MAE bpm | clip RMSE bpm | clip HR r | per-clip BVP r | beats the constant "
+          "| Toolbox MAE | Toolbox RMSE | Toolbox MAPE % | Toolbox r |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in ["constant", "pos", *families]:
+        e = s[name]
+        c = e["clip"]
+        wins = f"{e['beats_constant']['runs']}/{e['beats_constant']['of']}" if "beats_constant" in e else ""
+        tb = e.get("toolbox")
+        tbs = " | ".join(f(tb[k]) for k in TOOLBOX_KEYS) if tb else "n/a | n/a | n/a | n/a"
+        print(f"| {name} | {f(c['mae'])} | {f(c['rmse'])} | {f(c['pearson_r'])} | {f(c['bvp_r'])} | {wins} | {tbs} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--families", nargs="+", default=None, choices=ALL_FAMILIES)
-    ap.add_argument("--test", nargs="+", default=["subject8", "subject9"], help="held-out subjects")
+    ap.add_argument("--test", nargs="+", default=None, help="a fixed split: these held-out subjects (no --folds)")
+    ap.add_argument("--val", nargs="+", default=None,
+                    help="validation subjects of the fixed split (default: the first training subject)")
+    ap.add_argument("--folds", type=int, default=4, help="subject-disjoint folds when --test is not given")
+    ap.add_argument("--only-folds", type=int, nargs="+", default=None, help="run only these fold numbers")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 for --test, 0 1 2 for folds)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--steps", type=int, default=None, help="steps per family (default 100000 on CUDA: time-bound)")
     ap.add_argument("--minutes", type=float, default=None,
-                    help="training minutes per family (default 1.5 on CUDA, unlimited on the CPU)")
+                    help="training minutes per family and split (default 1.5 on CUDA, unlimited on the CPU)")
     ap.add_argument("--batch", type=int, default=None, help="clips per step (default 4 on the CPU, 8 on CUDA)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--size-px", type=int, default=None, help="STGNet: resize crops to this side when read")
     ap.add_argument("--frames", type=int, default=None, help="STGNet: clip length in frames")
+    ap.add_argument("--pos-embed", default="learned", choices=("learned", "off"),
+                    help="STGNet: positional embeddings trained (the paper) or kept at zero (the CPU recipe)")
+    ap.add_argument("--augment", default="none", choices=("none", "jitter", "jitter+flip"),
+                    help="training windows at random frames (jitter) and mirrored (flip); none is the papers'")
+    ap.add_argument("--schedule", default="constant", choices=("constant", "warmup-cosine"),
+                    help="learning rate: constant (the papers') or 10 %% linear warm-up then cosine decay")
     ap.add_argument("--meta-size-px", type=int, default=None, help="Meta-rPPG: resize crops to this side (>= 32)")
     ap.add_argument("--amp", default="auto", choices=("auto", "on", "off"))
     ap.add_argument("--norm", default=None,
                     help="pixel normalisation instead of the family's (e.g. temporal; the default on CUDA)")
+    ap.add_argument("--val-every", type=int, default=100, help="validate every this many steps")
+    ap.add_argument("--select", default="loss", choices=("loss", "hr_mae"), help="checkpoint choice on validation")
+    ap.add_argument("--patience", type=int, default=None, help="stop after this many validations without gain")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 on the CPU, 2 on CUDA)")
     ap.add_argument("--hr-label", default="beats", choices=("beats", "welch"))
     ap.add_argument("--cnn3d-steps", type=int, default=None, help="3D-CNN steps (default 300 on the CPU, 3000 on CUDA)")
+    ap.add_argument("--st2s-epochs", type=int, default=None, help="ST2S stage-1 epochs (default evaluate_split's)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--tag", default="", help="appended to the JSON file name")
     args = ap.parse_args()
     dev = pick_device(args.device)  # raises here, before any work, when CUDA is asked for and absent
     cuda = dev.type == "cuda"
     torch.set_num_threads(args.threads)
-    steps = args.steps or (100_000 if cuda else 100)
-    minutes = args.minutes if args.minutes is not None else (1.5 if cuda else None)
-    norm = args.norm or ("temporal" if cuda else None)
-    batch = args.batch or (8 if cuda else 4)
-    workers = args.workers if args.workers is not None else (2 if cuda else 0)
+    plan = {"steps": args.steps or (100_000 if cuda else 100),
+            "minutes": args.minutes if args.minutes is not None else (1.5 if cuda else None),
+            "norm": args.norm or ("temporal" if cuda else None), "batch": args.batch or (8 if cuda else 4),
+            "workers": args.workers if args.workers is not None else (2 if cuda else 0)}
     families = args.families or ALL_FAMILIES
     build = open_build(args.cache, "ubfc", "ubfc")
-    train = [s for s in build if s not in args.test]
-    clips = clip_table(build, args.test, args.hr_label)
+    subjects = list(build)
+    if args.test:
+        splits, protocol = [fixed_split(subjects, args.test, args.val)], "fixed split"
+    else:
+        splits, protocol = kfold_splits(subjects, args.folds), f"{args.folds}-fold"
+        if args.only_folds is not None:
+            splits = [s for s in splits if s.fold in args.only_folds]
+    seeds = args.seeds or ([0] if args.test else [0, 1, 2])
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(dev), "hr_label": args.hr_label,
            "gpu": torch.cuda.get_device_name(dev) if cuda else None, "threads": args.threads,
-           "train_subjects": train, "test_subjects": args.test, "n_clips": len(clips), "results": {}}
-    t_all = time.perf_counter()
-    out["constant"] = constant_baseline(build, train, clips, args.hr_label)
-    out["pos"] = pos_baseline(build, clips)
-    for fam in families:
-        t0 = time.perf_counter()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(dev)
-        if fam == "cnn3d":
-            n = args.cnn3d_steps or (3000 if cuda else 300)
-            try:
-                open_build(args.cache, "synthetic", "synthetic")
-            except StoreError:  # no synthetic build yet: make it (a few seconds)
-                from click.testing import CliRunner
-
-                from rppg_prep.cli import main as cli
-                CliRunner().invoke(cli, ["build", "synthetic", "--cache", str(args.cache)], catch_exceptions=False)
-            res = fit_cnn3d(args.cache, steps=n, batch=32, device=str(dev), out=args.cache / "models", progress=False)
-            cfg = {"steps": n, "batch": 32, "lr": 1e-3}
-        else:
-            size_px = {"stgnet": args.size_px, "meta-rppg": args.meta_size_px}.get(fam)
-            tc = TrainConfig(steps=steps, batch=batch, lr=args.lr, amp=args.amp, workers=workers,
-                             max_minutes=minutes, norm=norm, size_px=size_px,
-                             frames=args.frames if fam == "stgnet" else None)
-            res = fit(fam, args.cache, "ubfc", "ubfc", tc, subjects=train, device=str(dev),
-                      out=args.cache / "models", progress=False)
-            cfg = asdict(tc)
-        train_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        scores, _ = evaluate_checkpoint(res["checkpoint"], args.cache, "ubfc", "ubfc", subjects=args.test,
-                                        device=str(dev), hr_label=args.hr_label)
-        eval_s = time.perf_counter() - t1
-        losses = res["losses"]
-        k = max(1, len(losses) // 20)
-        out["results"][fam] = {
-            "config": cfg, "steps_run": len(losses), "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
-            "train_clips_per_s": res["clips_per_s"], "eval_clips_per_s": len(scores) / eval_s,
-            "gpu_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
-            "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
-            "checkpoint": str(res["checkpoint"]),
-            **summary([s.hr_pred_bpm for s in scores], [s.hr_ref_bpm for s in scores], [s.bvp_r for s in scores]),
-            "clips": [asdict(s) for s in scores]}
-        r = out["results"][fam]
-        print(f"{fam}: {r['steps_run']} steps in {train_s:.0f} s; MAE {r['mae']:.2f} r {r['pearson_r']:.3f} "
-              f"BVP r {r['bvp_r']:.3f}", flush=True)
-    out["wall_s"] = round(time.perf_counter() - t_all, 1)
-    print(f"\n{len(clips)} clips of {', '.join(args.test)}; reference: {args.hr_label} HR of the labels\n")
-    print("| method | training | MAE bpm | RMSE bpm | MAPE % | Pearson r | per-clip BVP r |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    c = out["constant"]
-    print(f"| constant {c['hr_bpm']:.1f} bpm | none | {c['mae']:.2f} | {c['rmse']:.2f} | {c['mape']:.1f} | n/a | n/a |")
-    p = out["pos"]
-    print(f"| POS | none | {p['mae']:.2f} | {p['rmse']:.2f} | {p['mape']:.1f} | {p['pearson_r']:.3f} | "
-          f"{p['bvp_r']:.3f} |")
-    for fam, r in out["results"].items():
-        cfg = r["config"]
-        print(f"| {fam} | {r['steps_run']} steps x {cfg['batch']}, {r['train_s'] / 60:.1f} min | {r['mae']:.2f} | "
-              f"{r['rmse']:.2f} | {r['mape']:.1f} | {r['pearson_r']:.3f} | {r['bvp_r']:.3f} |")
+           "protocol": protocol, "seeds": seeds, "args": {k: str(v) for k, v in vars(args).items()}}
     which = "all" if families == ALL_FAMILIES else "-".join(families)
-    dest = Path(__file__).parent / "results" / f"train-eval-{time.strftime('%Y-%m-%d')}-{dev.type}-{which}.json"
+    suffix = "" if args.test else "-folds"
+    dest = (Path(__file__).parent / "results" /
+            f"train-eval-{time.strftime('%Y-%m-%d')}-{dev.type}-{which}{suffix}{args.tag}.json")
+    t_all = time.perf_counter()
+    runs, cnn3d_cache, baselines = [], {}, {}
+    for seed in seeds:
+        for split in splits:
+            runs.append(run_split(build, split, families, args, seed, dev, plan, cnn3d_cache, baselines))
+            out.update(wall_s=round(time.perf_counter() - t_all, 1), runs=runs, summary=fold_summary(runs, families))
+            dest.write_text(json.dumps(out, indent=1, default=float) + "\n")  # a partial run keeps what it did
+    if args.test and len(runs) == 1:  # the fixed-split JSON of earlier runs, at the top level
+        run = runs[0]
+        out.update(train_subjects=run["train_subjects"], val_subjects=run["val_subjects"],
+                   test_subjects=run["test_subjects"], n_clips=run["n_clips"], constant=run["constant"],
+                   pos=run["pos"], results=run["results"])
+    print_tables(out, families)
     dest.write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(dest)
 

@@ -187,6 +187,15 @@ class ClipDataset(Dataset):
     size_px : int, optional
         Resize the frames to this side (px) when read, e.g. 32 for a faster CPU run; default the
         stored size.
+    jitter : bool
+        Augmentation for training: item ``i`` is not stored clip ``i`` but a window of the same
+        length starting at a random frame of the same subject (uniform over the video, drawn with
+        torch's generator, so a seeded DataLoader repeats it), cut from the ``face`` crops and
+        resized with the clips stage's area interpolation; its label HR is NaN (the labels node has
+        HRs per stored clip only). A subject of ~1,800 frames then gives ~1,600 distinct windows
+        instead of ~28 fixed ones.
+    flip : bool
+        Augmentation for training: mirror each item left-right with probability 1/2.
 
     Raises
     ------
@@ -196,7 +205,8 @@ class ClipDataset(Dataset):
 
     def __init__(self, cache: str | Path, dataset: str, pipeline: str, *, subjects: list[str] | None = None,
                  norm: str = "raw", label_norm: str = "standardized", layout: str = "NCDHW",
-                 hr_label: str = DEFAULT_HR_LABEL, size_px: int | None = None):
+                 hr_label: str = DEFAULT_HR_LABEL, size_px: int | None = None, jitter: bool = False,
+                 flip: bool = False):
         from rppg_prep import open_build
         from rppg_prep.manifest import read_manifest
 
@@ -208,8 +218,9 @@ class ClipDataset(Dataset):
         if missing:
             raise KeyError(f"subject(s) {missing} not in build {pipeline!r}; built: {', '.join(build)}")
         nodes = read_manifest(cache, dataset, pipeline)["subjects"]
-        self.paths = {s: tuple(str(Path(cache) / nodes[s]["nodes"][st]["path"]) for st in ("clips", "labels"))
+        self.paths = {s: tuple(str(Path(cache) / nodes[s]["nodes"][st]["path"]) for st in ("clips", "labels", "face"))
                       for s in self.subjects}
+        self.jitter, self.flip = jitter, flip
         self.windows = {s: build[s]["clips"]["window"][:] for s in self.subjects}
         self.hr = {s: hr_label_array(build[s]["labels"], "clip_", hr_label) for s in self.subjects}
         if size_px is not None and size_px < 8:
@@ -226,8 +237,9 @@ class ClipDataset(Dataset):
         if self._open is None:  # first use in this process (a DataLoader worker opens its own)
             import zarr
 
-            self._open = {s: (zarr.open_group(c, mode="r"), zarr.open_group(lab, mode="r"))
-                          for s, (c, lab) in self.paths.items()}
+            self._open = {s: (zarr.open_group(c, mode="r"), zarr.open_group(lab, mode="r"),
+                              zarr.open_group(face, mode="r") if self.jitter else None)
+                          for s, (c, lab, face) in self.paths.items()}
         return self._open
 
     def _read(self, sid: str, which: int, read: Callable[[], np.ndarray], what: str) -> np.ndarray:
@@ -243,11 +255,21 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int):
         si, k = self.index[i]
         sid = self.subjects[si]
-        clips, labels = self._nodes()[sid]
+        clips, labels, face = self._nodes()[sid]
         a, b = self.windows[sid][k]
-        raw = self._read(sid, 0, lambda: np.asarray(clips["clips"][k]), f"clips chunk {k}")
-        if self.size_px is not None:
-            raw = resize_clip(raw, self.size_px)
+        hr = float(self.hr[sid][k])
+        if self.jitter:
+            n_frames = labels["bvp"].shape[0]
+            a = int(torch.randint(0, n_frames - (b - a) + 1, ()).item())
+            b, hr = a + int(self.windows[sid][k][1] - self.windows[sid][k][0]), float("nan")
+            raw = self._read(sid, 2, lambda: np.asarray(face["frames"][a:b]), f"face frames {a}-{b}")
+            raw = resize_clip(raw, self.size_px or clips["clips"].shape[2])
+        else:
+            raw = self._read(sid, 0, lambda: np.asarray(clips["clips"][k]), f"clips chunk {k}")
+            if self.size_px is not None:
+                raw = resize_clip(raw, self.size_px)
+        if self.flip and bool(torch.rand(()) < 0.5):
+            raw = raw[:, :, ::-1]
         x = normalize(raw, self.norm)          # (L, H, W, C)
         if self.layout == "NCDHW":
             x = x.transpose(3, 0, 1, 2)
@@ -256,7 +278,7 @@ class ClipDataset(Dataset):
         bvp = _label(self._read(sid, 1, lambda: np.asarray(labels["bvp"][a:b], dtype=np.float32),
                                 f"bvp frames {a}-{b}"), self.label_norm)
         return (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(bvp.astype(np.float32)),
-                torch.tensor(float(self.hr[sid][k])), torch.tensor([si, k]))
+                torch.tensor(hr), torch.tensor([si, k]))
 
 
 def to_device(batch, device: torch.device | str):

@@ -79,12 +79,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     ------
     FileNotFoundError
         No such file.
+    ValueError
+        The file holds objects other than tensors and plain data (it could run code when unpickled).
     KeyError
         The checkpoint's family is unknown.
     """
     from rppg_models.train import FAMILIES
 
-    ckpt = torch.load(Path(path), map_location=device, weights_only=False)
+    import pickle
+
+    try:  # weights_only: a checkpoint is data (tensors, dicts, lists, strings); a pickle that runs code is refused
+        ckpt = torch.load(Path(path), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: not a checkpoint of rppg-prep's training layer; it holds objects other than "
+                         f"tensors and plain data, and is not loaded ({str(exc).splitlines()[0]})") from None
     family = ckpt["family"]
     if family == "cnn3d":
         from rppg_models.cnn3d import Cnn3d
@@ -215,7 +223,8 @@ def hr_on_clock(bvp: np.ndarray, t_s: np.ndarray, band_hz=BAND_HZ) -> tuple[floa
 def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str, pipeline: str, *,
                         subjects: list[str] | None = None, device: str = "auto", adapt_steps: int = 0,
                         batch: int = 8, max_clips: int | None = None,
-                        hr_label: str | None = None) -> tuple[list[ClipScore], Any]:
+                        hr_label: str | None = None,
+                        bvp_out: dict[tuple[str, int], np.ndarray] | None = None) -> tuple[list[ClipScore], Any]:
     """Score a checkpoint on every clip of a build.
 
     Parameters
@@ -237,6 +246,10 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
     hr_label : {"beats", "welch"}, optional
         The reference HR of a clip: the labels node's beat-based HR (default, closer to the
         oximeter) or its Welch HR (:data:`rppg_models.data.HR_LABELS`).
+    bvp_out : dict, optional
+        Filled with ``(subject, clip) -> predicted BVP`` (float32, one value per frame of the clip)
+        for the families that predict one, e.g. for the whole-video protocol
+        (:func:`rppg_models.folds.overlap_average`).
 
     Returns
     -------
@@ -300,7 +313,9 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
                 with torch.no_grad():
                     out = predict_clip(family, net, x, frames, 2 if fam.layout == "NCDHW" else 1).numpy()
                 preds, snrs, rs = [], [], []
-                for p, it, h, t in zip(out, chunk, hr_ref, clocks):
+                for p, it, h, t, k in zip(out, chunk, hr_ref, clocks, ks):
+                    if bvp_out is not None:
+                        bvp_out[(sid, k)] = p.astype(np.float32)
                     hr_p, p_even, fs = hr_on_clock(p, t)
                     preds.append(hr_p)
                     snrs.append(snr_toolbox(p_even, fs, h, band_hz=BAND_HZ) if np.isfinite(h) else float("nan"))

@@ -48,11 +48,17 @@ from torch import nn
 
 from rppg_models.layers import DropPath
 
-__all__ = ["Stgnet", "neg_pearson_loss", "FRAMES", "SIZE"]
+__all__ = ["Stgnet", "neg_pearson_loss", "FRAMES", "SIZE", "POS_EMBED"]
 
 FRAMES = 160  #: clip length (frames) of the reference
 SIZE = 64  #: face crop side, px
 CHANNELS = 64  #: feature channels of the graph module
+#: positional-embedding modes of :class:`Stgnet`. ``learned`` is the paper's. ``off`` keeps them at
+#: zero: they are added to every node whatever the input, so a trained embedding is a path from
+#: no input to the output. On the 16-px CPU recipe that path is what stalled training (README,
+#: "Why STGNet stalled"): the predictions of different clips converged to one waveform (their
+#: mean pairwise r rose to 0.5-0.98) and the training loss sat near 1.0
+POS_EMBED = ("learned", "off")
 
 
 def normalise_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -196,14 +202,25 @@ class Stgnet(nn.Module):
         Neighbours of the dynamic KNN graph per stage.
     drop_path : tuple of float
         Stochastic-depth probability per graph stage.
+    pos_embed : {"learned", "off"}
+        ``learned`` (the paper): the graph blocks' positional embeddings are trained. ``off``: they
+        stay at their zero initialisation (the parameters exist, so checkpoints keep one layout,
+        but they get no gradient). See :data:`POS_EMBED` for why a CPU recipe turns them off.
+
+    Raises
+    ------
+    ValueError
+        ``frames`` / ``size`` not divisible, or an unknown ``pos_embed``.
     """
 
     def __init__(self, frames: int = FRAMES, size: int = SIZE,
                  gnn_num: tuple[int, ...] = (2, 3, 2, 1), k: tuple[int, ...] = (64, 32, 16, 16),
-                 drop_path: tuple[float, ...] = (0.25, 0.25, 0.25)):
+                 drop_path: tuple[float, ...] = (0.25, 0.25, 0.25), pos_embed: str = "learned"):
         super().__init__()
         if frames % 8 or size % 16:
             raise ValueError(f"frames ({frames}) must divide by 8 and size ({size}) by 16")
+        if pos_embed not in POS_EMBED:
+            raise ValueError(f"pos_embed must be one of {POS_EMBED}, got {pos_embed!r}")
         self.frames, self.size = frames, size
         c = CHANNELS
         self.stem = nn.Sequential(
@@ -233,6 +250,9 @@ class Stgnet(nn.Module):
             up += [nn.ConvTranspose3d(c, c, (4, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0)),
                    nn.BatchNorm3d(c), nn.ELU()]
         self.head = nn.Sequential(*up, nn.AdaptiveAvgPool3d((frames, 1, 1)), nn.Conv3d(c, 1, 1))
+        for name, p in self.named_parameters():
+            if name.endswith("pos_embed"):
+                p.requires_grad_(pos_embed == "learned")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, frames, size, size]`` -> ``[B, frames]``.

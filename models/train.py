@@ -8,6 +8,7 @@ register how they read clips and what their loss is in :data:`FAMILIES`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import torch
 
 from rppg_prep.stage import canonical_json
 
-__all__ = ["Family", "FAMILIES", "TrainConfig", "fit", "fit_cnn3d", "fit_cnn3d_synthetic", "cnn3d_clip_hr",
+__all__ = ["Family", "FAMILIES", "TrainConfig", "SELECT", "fit", "fit_cnn3d", "fit_cnn3d_synthetic", "cnn3d_clip_hr",
            "pick_device", "amp_dtype", "seed_everything"]
 
 
@@ -56,8 +57,8 @@ def _stgnet() -> Family:
     def loss(model, x, bvp):
         return stgnet.neg_pearson_loss(model(x), bvp)
 
-    def build(frames=None, size_px=None):
-        return stgnet.Stgnet(frames=frames or stgnet.FRAMES, size=size_px or stgnet.SIZE)
+    def build(frames=None, size_px=None, pos_embed="learned"):
+        return stgnet.Stgnet(frames=frames or stgnet.FRAMES, size=size_px or stgnet.SIZE, pos_embed=pos_embed)
 
     return Family(build, "raw", "NCDHW", 160, loss)
 
@@ -135,6 +136,23 @@ class TrainConfig:
     max_minutes : float, optional
         Stop after this much training time (minutes of wall clock) even if fewer than ``steps``
         steps ran; the result says how many did.
+    val_every : int
+        With validation subjects (``fit(val_subjects=...)``): score them every this many steps and
+        keep the best state (the checkpoint is that state, never the last one by default).
+    select : {"loss", "hr_mae"}
+        What "best" means on validation: the family's loss over the validation clips, or the MAE
+        (bpm) of the clip HR from the predicted BVP against the clip's label HR.
+    patience : int, optional
+        Early stopping: stop after this many validations without improvement (None: run every step).
+    pos_embed : {"learned", "off"}
+        STGNet only: ``learned`` is the paper's; ``off`` keeps the positional embeddings at zero
+        (:data:`rppg_models.stgnet.POS_EMBED`, the CPU recipe).
+    augment : {"none", "jitter", "jitter+flip"}
+        Training-clip augmentation (:class:`rppg_models.data.ClipDataset` ``jitter`` / ``flip``):
+        windows at random frames instead of the stored clips, and left-right mirroring.
+    schedule : {"constant", "warmup-cosine"}
+        Learning rate: constant (the papers'), or a linear warm-up over the first 10 % of
+        ``steps`` then a cosine decay to 0 at ``steps``.
     """
 
     steps: int = 100
@@ -147,6 +165,12 @@ class TrainConfig:
     amp: str = "auto"
     max_minutes: float | None = None
     norm: str | None = None
+    val_every: int = 100
+    select: str = "loss"
+    patience: int | None = None
+    pos_embed: str = "learned"
+    augment: str = "none"
+    schedule: str = "constant"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -228,9 +252,14 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: TrainConfig = TrainConfig(), *,
-        subjects: list[str] | None = None, device: str = "auto", out: str | Path | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        subjects: list[str] | None = None, val_subjects: list[str] | None = None, device: str = "auto",
+        out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train ``family_name`` on a build's clips for ``cfg.steps`` optimiser steps.
+
+    With ``val_subjects``, the validation clips are scored every ``cfg.val_every`` steps (and after
+    the last step) on ``cfg.select``; the returned model and the checkpoint hold the best state seen,
+    and ``cfg.patience`` stops training early. Validation subjects must not be training subjects,
+    and the subjects a model is finally scored on must be neither.
 
     Parameters
     ----------
@@ -243,7 +272,9 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
     cfg : TrainConfig
         Training settings.
     subjects : list of str, optional
-        Training subjects (default: every subject of the build).
+        Training subjects (default: every subject of the build but the validation ones).
+    val_subjects : list of str, optional
+        Validation subjects: checkpoint selection and early stopping (see above).
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`pick_device`).
     out : str or Path, optional
@@ -254,14 +285,20 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
     Returns
     -------
     dict
-        ``losses`` (per step), ``clips_per_s``, ``device``, ``train_s`` (s), ``gpu_peak_mb`` on CUDA and,
+        ``losses`` (per step), ``clips_per_s``, ``device``, ``train_s`` (s), ``gpu_peak_mb`` on CUDA,
+        ``model`` (in eval mode: the best validated state, or the last), ``best_step`` and ``val``
+        (one ``{"step", "loss", "hr_mae"}`` per validation; empty without validation subjects) and,
         with ``out``, ``checkpoint``: ``<out>/<family>-<key12>.pt`` (state dict, config, family, the
-        build's node digest, subjects; key from :func:`checkpoint_key`).
+        build's node digest, subjects, validation subjects and best step; key from
+        :func:`checkpoint_key`).
 
     Raises
     ------
     KeyError
         Unknown family.
+    ValueError
+        A subject both in training and in validation, an unknown ``cfg.select``, or ``pos_embed``
+        set for a family that has none.
     StoreError
         No such build.
     RuntimeError
@@ -275,19 +312,56 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
         fam = FAMILIES[family_name]()
     except KeyError:
         raise KeyError(f"unknown family {family_name!r}; known: {', '.join(FAMILIES)}") from None
+    if cfg.select not in SELECT or cfg.augment not in AUGMENT or cfg.schedule not in SCHEDULES:
+        raise ValueError(f"select must be one of {SELECT}, augment one of {AUGMENT} and schedule one of "
+                         f"{SCHEDULES}; got {cfg.select!r}, {cfg.augment!r}, {cfg.schedule!r}")
+    val_subjects = list(val_subjects or [])
+    if subjects is None and val_subjects:
+        from rppg_prep import open_build
+
+        subjects = [s for s in open_build(cache, dataset, pipeline) if s not in val_subjects]
+    both = sorted(set(subjects or []) & set(val_subjects))
+    if both:
+        raise ValueError(f"subject(s) {both} are both training and validation subjects")
     dev = pick_device(device)
     gen = seed_everything(cfg.seed)
-    model = fam.build(frames=cfg.frames, size_px=cfg.size_px).to(dev).train()
+    extra = {} if cfg.pos_embed == "learned" else {"pos_embed": cfg.pos_embed}
+    try:
+        model = fam.build(frames=cfg.frames, size_px=cfg.size_px, **extra).to(dev).train()
+    except TypeError:
+        raise ValueError(f"pos_embed={cfg.pos_embed!r}: {family_name} has no positional-embedding option") from None
     frames = cfg.frames or fam.frames
-    ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=cfg.norm or fam.norm, layout=fam.layout,
-                     size_px=cfg.size_px)
+    norm = cfg.norm or fam.norm
+    ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=norm, layout=fam.layout,
+                     size_px=cfg.size_px, jitter=cfg.augment.startswith("jitter"), flip=cfg.augment.endswith("flip"))
+    validate = _Validation(family_name, fam, cache, dataset, pipeline, val_subjects, norm, cfg.size_px, frames,
+                           dev) if val_subjects else None
+    best = {"score": float("inf"), "step": None, "state": None}
+    val_log: list[dict[str, Any]] = []
+
+    def check(step: int) -> bool:
+        """Validate after ``step`` steps; True when patience is used up."""
+        rec = validate(model)
+        rec["step"] = step
+        val_log.append(rec)
+        score = rec[cfg.select]
+        if score < best["score"]:
+            best.update(score=score, step=step, state=copy.deepcopy(model.state_dict()))
+        elif cfg.patience is not None and sum(r["step"] > best["step"] for r in val_log) >= cfg.patience:
+            return True
+        return False
     loader = DataLoader(ds, batch_size=cfg.batch, shuffle=True, generator=gen, num_workers=cfg.workers,
                         drop_last=len(ds) > cfg.batch, pin_memory=dev.type == "cuda")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    sched = None
+    if cfg.schedule == "warmup-cosine":
+        warm = max(1, cfg.steps // 10)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1.0 + np.cos(np.pi * min(1.0, k / cfg.steps))))
     dtype = amp_dtype(dev, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     t_axis = 2 if fam.layout == "NCDHW" else 1
-    losses, seen, t0 = [], 0, time.perf_counter()
+    losses, seen, t0, stopped = [], 0, time.perf_counter(), False
     bar = None
     if progress:
         from rich.progress import Progress
@@ -306,6 +380,8 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
+                if sched is not None:
+                    sched.step()
                 if fam.after_step is not None:
                     with torch.no_grad():
                         fam.after_step(model, x)
@@ -314,19 +390,32 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
                 if bar:
                     rate = seen / (time.perf_counter() - t0)
                     bar.update(task, advance=1, description=f"{family_name} loss {losses[-1]:.4f}, {rate:.1f} clips/s")
-                if len(losses) >= cfg.steps or (cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes):
+                if validate and len(losses) % cfg.val_every == 0 and check(len(losses)):
+                    stopped = True
+                if stopped or len(losses) >= cfg.steps or (cfg.max_minutes and
+                                                            time.perf_counter() - t0 > 60 * cfg.max_minutes):
                     break
-            if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+            if stopped or (cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes):
                 break
+        if validate and (not val_log or val_log[-1]["step"] != len(losses)):
+            check(len(losses))
     finally:
         if bar:
             bar.stop()
-    result: dict[str, Any] = {"losses": losses, "clips_per_s": seen / (time.perf_counter() - t0),
-                              "device": str(dev), "train_s": time.perf_counter() - t0}
+    train_s = time.perf_counter() - t0
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    result: dict[str, Any] = {"losses": losses, "clips_per_s": seen / train_s, "device": str(dev), "train_s": train_s,
+                              "model": model, "best_step": best["step"], "val": val_log}
     if dev.type == "cuda":
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     if out is not None:
-        result["checkpoint"] = _checkpoint(model, family_name, asdict(cfg), cache, dataset, pipeline, ds.subjects, out)
+        settings = asdict(cfg)
+        if val_subjects:
+            settings["val_subjects"] = val_subjects
+        result["checkpoint"] = _checkpoint(model, family_name, settings, cache, dataset, pipeline, ds.subjects, out,
+                                           best_step=best["step"])
     return result
 
 
@@ -377,6 +466,53 @@ def fit_cnn3d_synthetic(*, steps: int = 100, batch: int = 32, lr: float = 1e-3, 
     return model.eval(), losses
 
 
+#: what "best" means on the validation subjects (:attr:`TrainConfig.select`)
+SELECT = ("loss", "hr_mae")
+#: training-clip augmentations and learning-rate schedules (:class:`TrainConfig`)
+AUGMENT = ("none", "jitter", "jitter+flip")
+SCHEDULES = ("constant", "warmup-cosine")
+
+
+class _Validation:
+    """The validation clips of a run, read once; calling it scores a model on them (no gradient)."""
+
+    def __init__(self, family_name, fam, cache, dataset, pipeline, subjects, norm, size_px, frames, dev):
+        from rppg_models.data import ClipDataset
+        from rppg_prep import open_build
+
+        ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=norm, layout=fam.layout, size_px=size_px)
+        build = open_build(cache, dataset, pipeline)
+        items = [ds[i] for i in range(len(ds))]
+        if not items:
+            raise ValueError(f"the validation subject(s) {subjects} have no clips")
+        self.family_name, self.fam, self.frames, self.dev = family_name, fam, frames, dev
+        self.t_axis = 2 if fam.layout == "NCDHW" else 1
+        self.x = torch.stack([it[0] for it in items]).narrow(self.t_axis, 0, frames)
+        self.bvp = torch.stack([it[1] for it in items])[:, :frames]
+        self.hr = np.array([float(it[2]) for it in items])
+        clocks = {s: build[s]["labels"]["t_s"][:] for s in subjects}
+        windows = {s: build[s]["clips"]["window"][:] for s in subjects}
+        self.t = [clocks[ds.subjects[int(si)]][windows[ds.subjects[int(si)]][int(k), 0]:][:frames]
+                  for si, k in (it[3].tolist() for it in items)]
+
+    def __call__(self, model: torch.nn.Module, batch: int = 8) -> dict[str, float]:
+        from rppg_models.evaluate import hr_on_clock, predict_bvp
+
+        model.eval()
+        losses, preds = [], []
+        with torch.no_grad():
+            for a in range(0, len(self.x), batch):
+                x = self.x[a:a + batch].to(self.dev)
+                bvp = self.bvp[a:a + batch].to(self.dev)
+                losses.append(float(self.fam.loss(model, x, bvp)) * len(x))
+                preds += list(predict_bvp(self.family_name, model, x).float().cpu().numpy())
+        model.train()
+        hr = np.array([hr_on_clock(p, t)[0] for p, t in zip(preds, self.t)])
+        ok = np.isfinite(hr) & np.isfinite(self.hr)
+        return {"loss": sum(losses) / len(self.x),
+                "hr_mae": float(np.mean(np.abs(hr[ok] - self.hr[ok]))) if ok.any() else float("inf")}
+
+
 #: TrainConfig fields that change how fast training runs, never what it learns: in no checkpoint key
 EXECUTION_SETTINGS = ("workers",)
 
@@ -409,13 +545,13 @@ def checkpoint_key(family: str, cfg: dict[str, Any], man: dict[str, Any], subjec
 
 
 def _checkpoint(model: torch.nn.Module, family: str, cfg: dict, cache, dataset: str, pipeline: str,
-                subjects: list[str], out) -> Path:
+                subjects: list[str], out, best_step: int | None = None) -> Path:
     """Save ``<out>/<family>-<key12>.pt``: state dict, family, config, build (manifest path, node digest), subjects."""
     from rppg_prep.manifest import build_key, manifest_path, read_manifest
 
     man = read_manifest(cache, dataset, pipeline)
     key = checkpoint_key(family, cfg, man, subjects)
-    meta = {"family": family, "config": cfg, "key": key, "subjects": subjects,
+    meta = {"family": family, "config": cfg, "key": key, "subjects": subjects, "best_step": best_step,
             "build": {"manifest": str(manifest_path(cache, dataset, pipeline)),
                       "key": build_key(man, ("clips", "labels"), subjects)}}
     from rppg_prep.store import atomic_write
