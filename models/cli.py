@@ -56,16 +56,20 @@ __all__ = ["train", "report_checkpoint"]
 @click.option("--hr-label", type=click.Choice(["beats", "welch"]), default="beats", show_default=True,
               help="st2s-cnn / st2s: the segment's label HR, the median of the contact PPG's beats (closer to the "
                    "oximeter on UBFC-rPPG) or its Welch peak.")
+@click.option("--layout", type=click.Choice(["time", "paper"]), default="time", show_default=True,
+              help="st2s-cnn / st2s: stage-1 input, time-preserving (64 face rows x 300 columns, one per frame, each "
+                   "row normalised over time) or the paper's 64x64 area-resized image.")
 def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: float, stage2_epochs: int,
           device: str, steps: int, batch: int, lr: float, out: Path | None, subjects: str | None,
-          frames: int | None, size_px: int | None, amp: str, norm: str | None, hr_label: str) -> None:
+          frames: int | None, size_px: int | None, amp: str, norm: str | None, hr_label: str, layout: str) -> None:
     """Train MODEL on a finished build.
 
-    st2s-cnn: the ST2S stage-1 CNN (HR in bpm from 64x64 ST images), leave one subject out, then per
-    subject the held-out predictions and the good/bad split as store nodes. st2s: the same, then the
-    stage-2 HOG + MLP classifier, and a table of HR per 10-s segment from stage 1 alone vs two-stage
-    (MAE, RMSE in bpm). stgnet, meta-rppg, ienet (RGB only): STEPS optimiser steps on the build's
-    clips (BVP labels), a progress bar with loss and clips/s, and a checkpoint recording the build.
+    st2s-cnn: the ST2S stage-1 CNN (HR in bpm from ST images: --layout time, one column per frame, or
+    the paper's 64x64), leave one subject out, then per subject the held-out predictions and the
+    good/bad split as store nodes. st2s: the same, then the stage-2 HOG + MLP classifier, and a
+    table of HR per 10-s segment from stage 1 alone vs two-stage (MAE, RMSE in bpm). stgnet,
+    meta-rppg, ienet (RGB only): STEPS optimiser steps on the build's clips (BVP labels), a progress
+    bar with loss and clips/s, and a checkpoint recording the build.
     cnn3d: Bousefsaf's 3D-CNN on the synthetic build alone, as in the paper (`rppg-prep build
     synthetic` first; STEPS steps of BATCH 60-frame videos, noise-class videos drawn on the fly);
     score it on real clips with `rppg-prep evaluate ubfc --checkpoint ...`.
@@ -118,11 +122,11 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
         with console.status("loading ST images"):
             from rppg_prep import open_build
 
-            data = {sid: P.load_subject(sid, n, hr_label)
+            data = {sid: P.load_subject(sid, n, hr_label, layout)
                     for sid, n in open_build(cache, pipe.dataset, pipe.name).items()}
         with console.status("stage 1: training one CNN per held-out subject") as st:
-            key, path = P.train_stage1(cache, pipe.dataset, pipe.name, P.Stage1Config(epochs=epochs, hr_label=hr_label),
-                                       data=data, device=dev,
+            cfg = P.Stage1Config(epochs=epochs, hr_label=hr_label, layout=layout)
+            key, path = P.train_stage1(cache, pipe.dataset, pipe.name, cfg, data=data, device=dev,
                                        progress=lambda i, n: st.update(f"stage 1: fold {i}/{n} done"))
         keys = P.write_split(cache, pipe.dataset, pipe.name, key, path, threshold_bpm, data=data, hr_label=hr_label)
     except (RppgPrepError, ValueError) as exc:

@@ -82,6 +82,12 @@ def test_train_cli_runs_both_stages(built):
     res = CliRunner().invoke(main, ["train", "st2s", "--cache", str(cache), "--epochs", "1", "--stage2-epochs", "1"])
     assert res.exit_code == 0, res.output
     assert "two-stage MAE" in res.output and "subject3" in res.output
+    res = CliRunner().invoke(main, ["train", "st2s-cnn", "--cache", str(cache), "--epochs", "1",
+                                    "--layout", "paper"])
+    assert res.exit_code == 0, res.output
+    paper = [p for p in (cache / "models").glob("st2s-cnn-*") if json.loads((p / "meta.json").read_text())
+             ["config"]["layout"] == "paper"]
+    assert len(paper) == 1
 
 
 def test_split_rule_just_below_at_and_above_the_threshold():
@@ -119,3 +125,51 @@ def test_a_rebuild_keeps_the_st2s_nodes_and_gc_keeps_their_files(built, root):
     after = _manifest(cache)
     assert "st2s_pred" not in after[sid]["nodes"] and "split" not in after[sid]["nodes"]
     assert all("split" in after[s]["nodes"] for s in keys if s != sid)
+
+
+def _synthetic_subject(name: str, hrs, rng) -> P.SubjectData:
+    from rppg_models import st2s
+    from test_st2s_model import pulse_st_images
+
+    segs = [pulse_st_images(h, rng) for h in hrs]  # each (3, 32, 900, 3)
+    images = np.concatenate(segs)
+    r = len(segs[0])
+    return P.SubjectData(subject=name, images=st2s.st_to_tensor(images, "time"), hog=st2s.hog_features(images),
+                         label_bpm=np.repeat(np.asarray(hrs, np.float32), r),
+                         segment=np.repeat(np.arange(len(hrs)), r), shape=(len(hrs), r))
+
+
+def test_evaluate_split_chooses_on_validation_and_scores_test():
+    rng = np.random.default_rng(11)
+    names = [f"s{i}" for i in range(6)]
+    with torch_threads(1):
+        data = {n: _synthetic_subject(n, rng.uniform(60, 120, 2), rng) for n in names}
+        res = P.evaluate_split("unused", "ubfc", "ubfc", train=names[:4], val="s4", test=["s5"], seed=3,
+                               cfg=P.Stage1Config(epochs=30, strip_step=2, bias_init=True), epochs=3,
+                               stage2=P.Stage2Config(epochs=2), thresholds_bpm=(5.0, 200.0), data=data)
+    json.dumps(res)  # JSON-able
+    assert res["n"] == 2 and res["train"] == names[:4] and res["val"] == ["s4"] and res["test"] == ["s5"]
+    assert 1 <= res["epoch"] <= 3 and len(res["val_curve"]) == 3
+    assert res["val_mae"] == min(res["val_curve"]) == res["val_curve"][res["epoch"] - 1]
+    assert res["config"]["seed"] == 3 and res["config"]["layout"] == "time"
+    segs = res["segments"]
+    assert [(s["subject"], s["segment"]) for s in segs] == [("s5", 0), ("s5", 1)]
+    ref, pred = np.array([s["ref"] for s in segs]), np.array([s["pred"] for s in segs])
+    np.testing.assert_allclose(ref, data["s5"].label_bpm[::3], rtol=1e-6)
+    assert res["mae"] == pytest.approx(np.abs(pred - ref).mean())
+    train_hr = np.concatenate([data[n].label_bpm[::3] for n in names[:4]])
+    const = res["constant_segments"]
+    assert const["hr_bpm"] == pytest.approx(train_hr.mean(), rel=1e-6)
+    assert const["mae"] == pytest.approx(np.abs(ref - train_hr.mean()).mean(), rel=1e-6)
+    two = res["two_stage"]
+    # 200 bpm makes every training image good: one class, no classifier; 5 bpm is tried
+    assert set(two["val_grid"]) <= {"5"}
+    if two["fallback"]:
+        assert two["threshold_bpm"] is None and two["kept_fraction"] == 1.0 and two["mae"] == res["mae"]
+    else:
+        assert two["threshold_bpm"] == 5.0 and two["val_mae"] == two["val_grid"]["5"]
+    with pytest.raises(ValueError, match="disjoint"):
+        P.evaluate_split("unused", "ubfc", "ubfc", train=names[:4], val="s3", test=["s5"], data=data)
+    with pytest.raises(ValueError, match="layout"):
+        P.evaluate_split("unused", "ubfc", "ubfc", train=names[:4], val="s4", test=["s5"], data=data,
+                         cfg=P.Stage1Config(layout="paper"))
