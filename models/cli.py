@@ -50,18 +50,42 @@ __all__ = ["train", "report_checkpoint"]
                    "stgnet, 32 for meta-rppg).")
 @click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Mixed precision: auto = float16 on CUDA, off on the CPU; on = bfloat16 on the CPU.")
-@click.option("--norm", type=click.Choice(["raw", "diffnorm", "standardized", "temporal"]), default=None,
+@click.option("--norm", type=click.Choice(["raw", "diffnorm", "standardized", "temporal", "bandpass"]), default=None,
               help="stgnet / meta-rppg / ienet: pixel normalisation instead of the family's (raw); temporal removes "
-                   "each pixel's clip mean (CPU recipe).")
+                   "each pixel's clip mean (Meta-rPPG CPU recipe); bandpass also band-passes each pixel to 0.7-3.5 "
+                   "Hz, 42-210 bpm (STGNet CPU recipe).")
 @click.option("--hr-label", type=click.Choice(["beats", "welch"]), default="beats", show_default=True,
               help="st2s-cnn / st2s: the segment's label HR, the median of the contact PPG's beats (closer to the "
                    "oximeter on UBFC-rPPG) or its Welch peak.")
 @click.option("--layout", type=click.Choice(["time", "paper"]), default="time", show_default=True,
               help="st2s-cnn / st2s: stage-1 input, time-preserving (64 face rows x 300 columns, one per frame, each "
                    "row normalised over time) or the paper's 64x64 area-resized image.")
+@click.option("--val-subjects", default=None,
+              help="stgnet / meta-rppg / ienet: comma-separated validation subjects, never trained on: the "
+                   "checkpoint is the state with the best validation score (see --select).")
+@click.option("--fold", default=None, metavar="K/N",
+              help="stgnet / meta-rppg / ienet: train on fold K of N subject-disjoint folds (K from 0): its "
+                   "training subjects, validated on its validation subject; its test subjects are left for "
+                   "`rppg-prep evaluate` (rppg_models.folds.kfold_splits). Replaces --subjects/--val-subjects.")
+@click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Validate every this many steps.")
+@click.option("--select", type=click.Choice(["loss", "hr_mae"]), default="loss", show_default=True,
+              help="Best validation state by the family's loss, or by the clip HR MAE in bpm.")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Stop after this many validations without improvement [default: never].")
+@click.option("--pos-embed", type=click.Choice(["learned", "off"]), default="learned", show_default=True,
+              help="stgnet: positional embeddings trained (the paper) or kept at zero (the CPU recipe).")
+@click.option("--augment", type=click.Choice(["none", "jitter", "jitter+flip"]), default="none", show_default=True,
+              help="Training windows at random frames of the video (jitter) and mirrored left-right (flip); "
+                   "none = the stored clips, as the papers.")
+@click.option("--schedule", type=click.Choice(["constant", "warmup-cosine"]), default="constant", show_default=True,
+              help="Learning rate: constant (the papers'), or linear warm-up over 10 % of the steps then cosine "
+                   "decay to 0.")
 def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: float, stage2_epochs: int,
           device: str, steps: int, batch: int, lr: float, out: Path | None, subjects: str | None,
-          frames: int | None, size_px: int | None, amp: str, norm: str | None, hr_label: str, layout: str) -> None:
+          frames: int | None, size_px: int | None, amp: str, norm: str | None, hr_label: str, layout: str,
+          val_subjects: str | None, fold: str | None, val_every: int, select: str, patience: int | None,
+          pos_embed: str, augment: str, schedule: str) -> None:
     """Train MODEL on a finished build.
 
     st2s-cnn: the ST2S stage-1 CNN (HR in bpm from ST images: --layout time, one column per frame, or
@@ -97,16 +121,25 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
     if model in ("stgnet", "meta-rppg", "ienet"):
         from rppg_models.train import TrainConfig, fit
 
+        from rppg_prep.errors import RppgPrepError
+
         pipe = load_pipeline_or_exit(pipeline)
+        train_ids = subjects.split(",") if subjects else None
+        val_ids = val_subjects.split(",") if val_subjects else None
         try:
-            res = fit(model, cache, pipe.dataset, pipe.name,
-                      TrainConfig(steps=steps, batch=batch, lr=lr, frames=frames, size_px=size_px, amp=amp, norm=norm),
-                      subjects=subjects.split(",") if subjects else None, device=device,
-                      out=out or Path(cache) / "models")
-        except (RuntimeError, ValueError, KeyError) as exc:
+            if fold is not None:
+                train_ids, val_ids = _fold_subjects(cache, pipe.dataset, pipe.name, fold)
+            cfg = TrainConfig(steps=steps, batch=batch, lr=lr, frames=frames, size_px=size_px, amp=amp, norm=norm,
+                              val_every=val_every, select=select, patience=patience, pos_embed=pos_embed,
+                              augment=augment, schedule=schedule)
+            res = fit(model, cache, pipe.dataset, pipe.name, cfg, subjects=train_ids, val_subjects=val_ids,
+                      device=device, out=out or Path(cache) / "models")
+        except (RuntimeError, ValueError, KeyError, RppgPrepError) as exc:
             raise click.ClickException(str(exc)) from None
+        best = (f", best validation at step {res['best_step']} ({select} {res['val'][-1][select]:.4f} at the end)"
+                if res["val"] else "")
         click.echo(f"{model}: {len(res['losses'])} steps on {res['device']}, loss {res['losses'][0]:.4f} -> "
-                   f"{res['losses'][-1]:.4f}, {res['clips_per_s']:.1f} clips/s, checkpoint {res['checkpoint']}")
+                   f"{res['losses'][-1]:.4f}, {res['clips_per_s']:.1f} clips/s{best}, checkpoint {res['checkpoint']}")
         return
 
     from rppg_models import st2s_pipeline as P
@@ -147,6 +180,23 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
         table.add_row(sid, f"{np.nanmean(np.abs(e1)):.1f}", f"{np.sqrt(np.nanmean(e1**2)):.1f}",
                       f"{np.nanmean(np.abs(e2)):.1f}", f"{np.sqrt(np.nanmean(e2**2)):.1f}", f"{r['keep_fraction']:.0%}")
     console.print(table)
+
+
+def _fold_subjects(cache: Path, dataset: str, pipeline: str, fold: str) -> tuple[list[str], list[str]]:
+    """Training and validation subjects of ``K/N`` (:func:`rppg_models.folds.kfold_splits`)."""
+    from rppg_models.folds import kfold_splits
+    from rppg_prep import open_build
+
+    try:
+        k, n = (int(v) for v in fold.split("/"))
+    except ValueError:
+        raise ValueError(f"--fold takes K/N (e.g. 0/4), got {fold!r}") from None
+    splits = kfold_splits(list(open_build(cache, dataset, pipeline)), n)
+    if not 0 <= k < n:
+        raise ValueError(f"--fold {fold}: K must be in [0, {n})")
+    click.echo(f"fold {k}/{n}: train {', '.join(splits[k].train)}; validate on {', '.join(splits[k].val)}; "
+               f"test (not used here) {', '.join(splits[k].test)}")
+    return splits[k].train, splits[k].val
 
 
 def report_checkpoint(console, checkpoint: Path, cache: Path, pipe, subjects: list[str], device: str,

@@ -14,6 +14,12 @@ applied here, at read time (rPPG-Toolbox's data types, prior-art.md §1.3):
     still face goes, what changes in time (the pulse, motion) stays at unit scale. Not a Toolbox
     type; a CPU-recipe option for models whose input is otherwise raw pixels, where the pulse is
     a few thousandths of the range.
+``bandpass``
+    ``temporal``, but each pixel's series is band-passed to the HR band first (0.7-3.5 Hz = 42-210
+    bpm; 2nd-order Butterworth, zero-phase ``scipy.signal.sosfiltfilt``, at the clip's frame rate),
+    as the unsupervised methods filter their traces (e.g. POS, Wang 2017): slow drift, lighting and
+    most head motion go, and the pulse becomes a large share of what is left. Not a Toolbox type; the
+    STGNet CPU recipe (README).
 
 Deviation from the Toolbox: the statistics are those of the clip, not of the whole video (a clip
 is all a reader sees; the Toolbox's whole-video statistics also leak the future into a window).
@@ -37,7 +43,9 @@ from torch.utils.data import Dataset
 __all__ = ["ClipDataset", "normalize", "subject_folds", "to_device", "hr_label_array", "NORMALIZATIONS", "LAYOUTS",
            "HR_LABELS", "DEFAULT_HR_LABEL"]
 
-NORMALIZATIONS = ("raw", "diffnorm", "standardized", "temporal")
+NORMALIZATIONS = ("raw", "diffnorm", "standardized", "temporal", "bandpass")
+#: HR band of the ``bandpass`` normalisation, Hz
+BANDPASS_HZ = (0.7, 3.5)
 LAYOUTS = ("NCDHW", "NDCHW", "NDHWC")
 #: which HR of the labels node is the label: the median of the beats, or the Welch peak
 HR_LABELS = ("beats", "welch")
@@ -89,13 +97,15 @@ def resize_clip(clip: np.ndarray, size_px: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (size_px, size_px), interpolation=cv2.INTER_AREA) for f in clip])
 
 
-def normalize(clip: np.ndarray, how: str) -> np.ndarray:
+def normalize(clip: np.ndarray, how: str, fs_hz: float = 30.0) -> np.ndarray:
     """Normalise one clip.
 
     Parameters
     ----------
     clip : ndarray of uint8, shape (L, H, W, 3)
-    how : {"raw", "diffnorm", "standardized", "temporal"}
+    how : {"raw", "diffnorm", "standardized", "temporal", "bandpass"}
+    fs_hz : float
+        Frame rate of the clip, Hz (``bandpass`` only).
 
     Returns
     -------
@@ -116,8 +126,13 @@ def normalize(clip: np.ndarray, how: str) -> np.ndarray:
         return x / 255.0
     if how == "standardized":
         return (x - x.mean()) / (x.std() + 1e-7)
-    if how == "temporal":
+    if how in ("temporal", "bandpass"):
         d = x - x.mean(axis=0, keepdims=True)
+        if how == "bandpass":
+            from scipy.signal import butter, sosfiltfilt
+
+            sos = butter(2, BANDPASS_HZ, btype="band", fs=fs_hz, output="sos")
+            d = sosfiltfilt(sos, d, axis=0).astype(np.float32)
         return d / (d.std() + 1e-7)
     if how == "diffnorm":
         d = np.zeros_like(x)
@@ -270,7 +285,11 @@ class ClipDataset(Dataset):
                 raw = resize_clip(raw, self.size_px)
         if self.flip and bool(torch.rand(()) < 0.5):
             raw = raw[:, :, ::-1]
-        x = normalize(raw, self.norm)          # (L, H, W, C)
+        fs = 30.0
+        if self.norm == "bandpass":  # the clip's own mean frame rate on its frame clock
+            t = self._read(sid, 1, lambda: np.asarray(labels["t_s"][a:b]), f"t_s frames {a}-{b}")
+            fs = (len(t) - 1) / float(t[-1] - t[0])
+        x = normalize(raw, self.norm, fs)          # (L, H, W, C)
         if self.layout == "NCDHW":
             x = x.transpose(3, 0, 1, 2)
         elif self.layout == "NDCHW":
