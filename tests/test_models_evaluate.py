@@ -30,3 +30,28 @@ def test_windows_cover_the_clip_and_keep_the_pulse(monkeypatch, length, frames):
 def test_a_clip_shorter_than_the_model_window_is_refused():
     with pytest.raises(ValueError, match="shorter"):
         ev.predict_clip("stgnet", None, torch.zeros(1, 3, 100, 8, 8), 160, t_axis=2)
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled (what a crafted checkpoint could do instead)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_a_checkpoint_that_runs_code_is_refused(tmp_path):
+    import torch
+
+    from rppg_models.evaluate import load_checkpoint
+
+    marker = tmp_path / "ran"
+    bad = tmp_path / "stgnet-crafted.pt"
+    torch.save({"family": "stgnet", "state_dict": {}, "x": _Payload(str(marker))}, bad)
+    with pytest.raises(ValueError, match="not loaded"):
+        load_checkpoint(bad)
+    assert not marker.exists()
