@@ -1,4 +1,4 @@
-"""The field's pretrained rPPG models (PyPI ``open-rppg``) scored on a build, under the project's protocol (run by hand).
+"""The field's pretrained rPPG models (PyPI ``open-rppg``) scored on a build under the project's protocol (by hand).
 
     .venv/bin/pip install -e '.[peers]'
     .venv/bin/pip install --force-reinstall --no-deps opencv-contrib-python==4.14.0.94   # see below
@@ -45,9 +45,16 @@ The extra is optional: ``pip install -e '.[test]'`` (CI) does not need it, and n
 * a ``Model`` keeps its recurrent state between videos: it is reset to the loaded state before
   every subject (FacePhys is the stateful one);
 * importing it sets Keras' global mixed-float16 policy and ``KERAS_BACKEND=jax``; the models run
-  in JAX on the CPU here. Threads: ``--threads`` sets the XLA / OpenMP environment before JAX is
-  imported (1: ``--xla_cpu_multi_thread_eigen=false``) and the package's face-detection and
-  resize pools.
+  in JAX on the CPU here. In float16 TS-CAN overflows to NaN on some chunks (3 of 13 on subject8's
+  crops; every subject's video), and a NaN in a first-difference output spoils the whole sum:
+  ``--float32`` builds the models under the float32 policy instead (no NaN there). Threads:
+  ``--threads`` sets the XLA / OpenMP environment before JAX is imported (1:
+  ``--xla_cpu_multi_thread_eigen=false``) and the package's face-detection and resize pools;
+* the chunked models (PhysNet 128 frames, TS-CAN / EfficientPhys / PhysFormer / RhythmMamba 160)
+  run back to back on non-overlapping chunks, as the package (and rPPG-Toolbox) run them.
+  PhysNet's output is several times larger in the first and last frames of a chunk than in the
+  middle, so its whole-video spectrum can peak at a harmonic of the chunk rate (fs / 128: 70 and
+  84 bpm at 29.9 frames/s) rather than at the pulse; the numbers here keep that behaviour.
 
 Writes ``benchmarks/results/peers-<date>.json`` (``--out``) and prints a markdown table.
 """
@@ -225,7 +232,7 @@ CLOCKS = ("index", "even")
 
 
 def _on_clock(t: np.ndarray, clock: str, *xs: np.ndarray) -> tuple[float, list[np.ndarray]]:
-    """The signals and their rate: frame by frame at the mean rate over ``t`` (``index``) or resampled evenly (``even``)."""
+    """The signals and their rate: frame by frame at the mean rate over ``t`` (``index``) or resampled (``even``)."""
     fs = (t.size - 1) / (t[-1] - t[0])
     if clock == "index":
         return fs, list(xs)
@@ -318,11 +325,13 @@ def score_subject(bvp_pred, bvp_ref, t_s, *, diff_output: bool = False, window_s
 def _metrics(pred, ref) -> dict[str, float]:
     pred, ref = np.asarray(pred, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     n_all = int(pred.size)
-    try:
-        m = protocols.metrics(pred, ref)
-    except ValueError:  # fewer than 2 finite pairs (a model that returned NaN)
-        return {"n": int((np.isfinite(pred) & np.isfinite(ref)).sum()), "of": n_all, "mae": float("nan"),
-                "rmse": float("nan"), "mape": float("nan"), "pearson_r": float("nan")}
+    ok = np.isfinite(pred) & np.isfinite(ref)
+    if ok.sum() < 2:  # one subject (its |error|), or none (a model that returned NaN)
+        e = np.abs(pred[ok] - ref[ok])
+        one = float(e[0]) if e.size else float("nan")
+        return {"n": int(ok.sum()), "of": n_all, "mae": one, "rmse": one,
+                "mape": float(100 * e[0] / ref[ok][0]) if e.size else float("nan"), "pearson_r": float("nan")}
+    m = protocols.metrics(pred, ref)
     return {"n": m.n, "of": n_all, "mae": m.mae, "mae_se": m.mae_se, "rmse": m.rmse, "mape": m.mape,
             "pearson_r": m.pearson_r}
 
@@ -339,7 +348,8 @@ def summarise(subjects: dict[str, dict]) -> dict[str, Any]:
     wall = sum(float(v.get("wall_s", 0.0)) for v in s)
     cpu = sum(float(v.get("cpu_s", 0.0)) for v in s)
     return {"video": _metrics([v["hr_pred_bpm"] for v in s], [v["hr_ref_bpm"] for v in s]),
-            "window": _metrics([h for v in s for h in v["win_hr_pred_bpm"]], [h for v in s for h in v["win_hr_ref_bpm"]]),
+            "window": _metrics([h for v in s for h in v["win_hr_pred_bpm"]],
+                               [h for v in s for h in v["win_hr_ref_bpm"]]),
             "bvp_r": float(np.nanmean(win_r)) if np.isfinite(win_r).any() else float("nan"),
             "n_windows": int(win_r.size), "frames": frames, "wall_s": wall, "cpu_s": cpu,
             "frames_per_s": frames / wall if wall > 0 else float("nan"),
@@ -351,14 +361,15 @@ def markdown_table(rows: list[dict]) -> str:
     def f(x, nd=2):
         return "n/a" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
 
-    out = ["| model | input | subjects | video MAE bpm | video RMSE | video MAPE % | video r | window MAE bpm | "
+    out = ["| model | input | subjects | video MAE bpm | video RMSE | video MAPE % | video r | windows | window MAE bpm | "
            "window RMSE | window BVP r | frames/s | frames/CPU-s | load s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         s, v, w = row["summary"], row["summary"]["video"], row["summary"]["window"]
         n = f"{v['n']}/{v['of']}" if v["n"] != v["of"] else str(v["of"])
+        nw = f"{w['n']}/{w['of']}" if w["n"] != w["of"] else str(w["of"])
         out.append(f"| {row['model']} | {row['input']} | {n} | {f(v['mae'])} | {f(v['rmse'])} | {f(v['mape'], 1)} | "
-                   f"{f(v['pearson_r'], 3)} | {f(w['mae'])} | {f(w['rmse'])} | {f(s['bvp_r'], 3)} | "
+                   f"{f(v['pearson_r'], 3)} | {nw} | {f(w['mae'])} | {f(w['rmse'])} | {f(s['bvp_r'], 3)} | "
                    f"{f(s['frames_per_s'], 0)} | {f(s['frames_per_cpu_s'], 0)} | {f(row.get('load_s'), 0)} |")
     return "\n".join(out)
 
@@ -545,7 +556,9 @@ def default_root() -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, required=True, help="cache holding the ubfc build (read only)")
+    ap.add_argument("--cache", type=Path, help="cache holding the ubfc build (read only)")
+    ap.add_argument("--table", type=Path, nargs="+", metavar="JSON",
+                    help="print the table of earlier runs' JSON files (summaries recomputed) and exit")
     ap.add_argument("--dataset", default="ubfc")
     ap.add_argument("--pipeline", default="ubfc")
     ap.add_argument("--root", type=Path, default=None,
@@ -562,9 +575,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clock", default="index", choices=CLOCKS,
                     help="index: frames as they are at the mean rate over labels/t_s (default); even: both signals "
                          "interpolated onto an even grid over labels/t_s")
+    ap.add_argument("--float32", action="store_true",
+                    help="build the models under Keras' float32 policy instead of the package's global mixed_float16 "
+                         "(TS-CAN overflows to NaN in float16 on some chunks)")
     ap.add_argument("--threads", type=int, default=1, help="XLA/OpenMP/OpenCV threads and the package's pools")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/peers-<date>.json)")
     args = ap.parse_args(argv)
+    if args.table:
+        rows = [r for p in args.table for r in json.loads(p.read_text())["rows"]]
+        print(markdown_table([{**r, "summary": summarise(r["subjects"])} for r in rows]))
+        return 0
+    if args.cache is None:
+        ap.error("--cache is required")
     configure_threads(args.threads)  # before JAX is imported
 
     from rppg_prep import open_build
@@ -583,6 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     except PeersUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.float32:
+        import keras
+
+        keras.mixed_precision.set_global_policy("float32")  # after open-rppg's import set mixed_float16
     cv2_owner = cv2_build()
     if cv2_owner != "contrib":
         print("warning: cv2 is opencv-python's build, not the project's opencv-contrib-python; run "
@@ -593,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "git_commit": _git_commit(), "cache": str(args.cache),
         "root": str(root), "subjects": subjects, "inputs": list(inputs), "threads": args.threads,
         "band_hz": list(protocols.BAND_NEURIPS), "window_s": args.window_s, "stride_s": args.stride_s,
-        "clock": args.clock,
+        "clock": args.clock, "keras_policy": "float32" if args.float32 else "mixed_float16 (the package's)",
         "protocol": "rPPG-Toolbox FFT (detrend lambda=100, 1st-order Butterworth band-pass, periodogram peak) at the "
                     "mean frame rate over labels/t_s (clock: index = frame by frame, even = interpolated onto an even "
                     "grid); reference: labels/bvp the same way; pairing by frame index",
@@ -628,9 +654,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name} {inp} [{k}/{len(subjects)}] {sid}: {bvp.size} frames in {wall:.0f} s "
                       f"({bvp.size / wall:.0f}/s); HR {_fmt(res['hr_pred_bpm'])} vs {_fmt(res['hr_ref_bpm'])} bpm, "
                       f"window BVP r {res['bvp_r']:.2f}", flush=True)
-            out["rows"].append({"model": name, "input": inp, "load_s": peer.load_s, "meta": {
-                "input": list(peer.meta["input"]), "fps": peer.meta.get("fps"), "diff_output": peer.diff_output},
-                "summary": summarise(per), "subjects": per})
+            meta = {"input": list(peer.meta["input"]), "fps": peer.meta.get("fps"), "diff_output": peer.diff_output}
+            out["rows"].append({"model": f"{name} float32" if args.float32 else name, "input": inp,
+                                "load_s": peer.load_s, "meta": meta, "summary": summarise(per), "subjects": per})
     out["wall_s"] = time.perf_counter() - t_all
     out["loadavg_end"] = list(os.getloadavg())
     table = markdown_table(out["rows"])

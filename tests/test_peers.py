@@ -81,7 +81,7 @@ def test_summarise_pools_windows_and_counts_frames_per_second():
     assert s["window"]["n"] == s["n_windows"] == 3 * 21
     assert s["frames_per_s"] == pytest.approx(300) and s["frames_per_cpu_s"] == pytest.approx(150)
     table = peers.markdown_table([{"model": "m", "input": "crops", "summary": s, "load_s": 1.0}])
-    assert table.count("\n") == 2 and "| m | crops | 3 |" in table
+    assert table.count("\n") == 2 and "| m | crops | 3 |" in table and "| 63 |" in table
 
 
 def test_samples_to_frames_undoes_the_packages_resampling_to_30_fps():
