@@ -347,8 +347,11 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
         score = rec[cfg.select]
         if score < best["score"]:
             best.update(score=score, step=step, state=copy.deepcopy(model.state_dict()))
-        elif cfg.patience is not None and sum(r["step"] > best["step"] for r in val_log) >= cfg.patience:
-            return True
+        elif cfg.patience is not None:
+            # no finite score yet (best step None): every validation so far counts against patience
+            since = best["step"] if best["step"] is not None else -1
+            if sum(r["step"] > since for r in val_log) >= cfg.patience:
+                return True
         return False
     loader = DataLoader(ds, batch_size=cfg.batch, shuffle=True, generator=gen, num_workers=cfg.workers,
                         drop_last=len(ds) > cfg.batch, pin_memory=dev.type == "cuda")

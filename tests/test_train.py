@@ -159,3 +159,18 @@ def test_reduced_stgnet_trains_with_cpu_autocast_and_reloads(real_build, tmp_pat
     assert len(scores) == 2 and all(math.isfinite(s.hr_ref_bpm) for s in scores)
     with pytest.raises(ValueError, match="meta-rppg takes 60-frame"):
         fit("meta-rppg", cache, "ubfc", "ubfc", cfg, subjects=["subject12"], device="cpu", progress=False)
+
+
+def test_patience_with_a_validation_score_that_is_never_finite_stops_without_error(real_build, tmp_path,
+                                                                                    monkeypatch, two_threads):
+    """A validation subject whose HR is never finite must not crash early stopping (best step None)."""
+    from rppg_models import train
+
+    monkeypatch.setattr(train._Validation, "__call__", lambda self, model, batch=8: {"loss": math.nan,
+                                                                                     "hr_mae": math.nan})
+    _, cache, _ = real_build
+    cfg = TrainConfig(steps=10, batch=1, seed=0, val_every=1, patience=2, select="hr_mae")
+    res = fit("meta-rppg", cache, "ubfc", "ubfc", cfg, subjects=["subject12"], val_subjects=["subject11"],
+              device="cpu", progress=False)
+    assert res["best_step"] is None
+    assert len(res["losses"]) == 2 and [r["step"] for r in res["val"]] == [1, 2]
