@@ -1,6 +1,6 @@
-"""Fault campaign over the real UBFC-rPPG subjects (run by hand, never by the tests; ~15-25 min on 2 cores).
+"""Fault campaign over the real UBFC-rPPG subjects (run by hand, never by the tests; ~20-30 min on 2 cores).
 
-    .venv/bin/python benchmarks/faults.py [--data DIR] [--cases kill9,disk_full,...] [--keep]
+    .venv/bin/python benchmarks/faults.py [--data DIR] [--cases kill9,disk_full,...] [--out FILE] [--keep]
 
 Every case is scripted and prints one row: what was done, whether any data was lost or silently
 corrupted (the goal is never), the error message a user sees, and the time to recover. The
@@ -15,7 +15,20 @@ odd_path (spaces and non-ASCII letters), truncated_manifest, stale_lock, two_bui
 (a ground-truth file edited during a build), long_video (a 10-min video from the real ones: peak RSS
 against a 1-min one).
 
-Results: a markdown table and ``benchmarks/results/faults-<date>.json``.
+Issue 21 (each of these checks the message the user sees too, and counts a wrong one as a failure):
+gc_during_build (``gc`` while a fresh build runs), root_dot (``--root .`` inside a subject folder and
+``--root ..``), hostile_manifest (node paths pointing outside the cache, a manifest of ``[]``, a
+truncated one, a nested one: ``verify --repair``, ``gc``, ``inspect``, ``status``), hostile_config (a
+pipeline ``name: ../../escaped``, a top-level stage, a ``stage:`` typo, a NaN), crafted_checkpoint (a
+checkpoint whose unpickling would run a shell command), tcp_relative (``dask scheduler`` and ``dask
+worker`` in another directory, relative ``--root``/``--cache``; then a worker that sees a tmpfs of
+its own at the cache's path: ``unshare -m``, root only), clock_ms (line 3 of ground_truth.txt in ms,
+then all zero), corrupt_node_rebuild (a node's zarr.json truncated), force_crash (SIGKILL in the middle
+of a ``--force`` replace, with and without ``renameat2``), manifest_other_root (a build from another
+``--root``, then ``gc``). A case with variants prints one row per variant.
+
+Results: a markdown table and ``benchmarks/results/faults-<date>.json`` (or ``--out FILE``); rows of
+cases that file already holds and that this run did not repeat are kept.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -40,7 +54,12 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "rppg-prep")
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
 CASES = ["kill9", "disk_full", "chunk_damage", "read_only", "odd_path", "truncated_manifest", "stale_lock",
-         "two_builds", "truth_edited", "long_video"]
+         "two_builds", "truth_edited", "long_video", "gc_during_build", "root_dot", "hostile_manifest",
+         "hostile_config", "crafted_checkpoint", "tcp_relative", "clock_ms", "corrupt_node_rebuild", "force_crash",
+         "manifest_other_root"]
+#: what marks the line of a message a user sees in a command's output
+MESSAGE_MARKS = ("rror", "No space", "Read-only", "changed while", "not valid JSON", "refus", "cannot",
+                 "removed nothing", "never advances", "capture clock", "not loaded", "does not see")
 
 
 def step(msg: str) -> None:
@@ -76,11 +95,28 @@ def verified(cache: Path) -> tuple[bool, str]:
     return res.returncode == 0, (res.stdout.strip().splitlines() or [""])[-1]
 
 
+def run_in(cwd: Path, *args: str, timeout: float = 1800, env: dict | None = None):
+    """``rppg-prep ARGS`` run in ``cwd``, the paths in ARGS as given (relative ones resolve there)."""
+    t0 = time.perf_counter()
+    res = subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env or ENV)
+    return res, time.perf_counter() - t0
+
+
 def error_line(res) -> str:
-    text = (res.stderr or "") + (res.stdout or "")
-    lines = [ln.strip(" │") for ln in text.splitlines() if "rror" in ln or "No space" in ln or "Read-only" in ln
-             or "changed while" in ln or "not valid JSON" in ln]
+    """The first line of a command's output that reads as its error message (the campaign's temp dir as TMP)."""
+    text = re.sub(re.escape(tempfile.gettempdir()) + r"/rppg-faults-\w+", "TMP",
+                  (res.stderr or "") + (res.stdout or ""))
+    lines = [ln.strip(" │") for ln in text.splitlines() if not ln.strip(" │").startswith("note:")
+             and (ln.strip(" │").startswith("Error") or any(mark in ln for mark in MESSAGE_MARKS))]
     return lines[0][:240] if lines else ""
+
+
+def output(res) -> str:
+    return (res.stdout or "") + (res.stderr or "")
+
+
+def nodes(cache: Path) -> list[str]:
+    return sorted(p.relative_to(cache).as_posix() for p in cache.glob("ubfc.zarr/*/*-*"))
 
 
 def manifest(cache: Path) -> dict:
@@ -96,10 +132,12 @@ class Campaign:
         res, self.clean_s = cli("build", "ubfc", cache=self.clean, root=data)
         assert res.returncode == 0, res.stderr[-3000:]
         self.ref = hashes(self.clean)
+        self.sids = list(dict.fromkeys(k.split("/")[0] for k in self.ref))  # natural order: subject3 first
         self.clean_bytes = sum(f.stat().st_size for f in self.clean.rglob("*") if f.is_file())
         step(f"clean build: {self.clean_s:.1f} s, {len(self.ref)} arrays, {self.clean_bytes / 1e6:.0f} MB")
 
     def row(self, case: str, tried: str, lost: bool, message: str, recover_s: float | None, **detail) -> None:
+        message = message.replace(str(self.tmp), "TMP")
         r = {"case": case, "tried": tried, "lost_or_corrupted": lost, "message": message,
              "recover_s": None if recover_s is None else round(recover_s, 2), **detail}
         self.rows.append(r)
@@ -117,6 +155,10 @@ class Campaign:
         dst = self.tmp / name
         shutil.copytree(self.clean, dst, symlinks=True)
         return dst
+
+    def of(self, sid: str) -> dict[str, str]:
+        """The reference hashes of one subject."""
+        return {k: v for k, v in self.ref.items() if k.split("/")[0] == sid}
 
     # ------------------------------------------------------------------ cases
 
@@ -384,18 +426,348 @@ class Campaign:
                  f"({short_n / 30 / 60:.1f} min)", not ok, f"peak RSS {long_mib:.0f} vs {short_mib:.0f} MiB "
                  f"(x{ratio:.3f}; goal <= 1.10)", None, long_build_s=round(long_s, 1), rss_ratio=round(ratio, 3))
 
+    # ------------------------------------------------------------------ issue 21
+
+    def gc_during_build(self) -> None:
+        from rppg_prep.store import node_exists
+
+        cache = self.tmp / "gc_during"
+        proc = start("build", "ubfc", cache=cache, root=self.data)
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None and \
+                not any(node_exists(p) for p in cache.glob("ubfc.zarr/*/face-*")):
+            time.sleep(0.05)
+        during, committed = proc.poll() is None, nodes(cache)
+        res, _ = cli("gc", cache=cache)
+        kept = set(committed) <= set(nodes(cache))
+        _, err = proc.communicate(timeout=1800)
+        ok, last = verified(cache)
+        said = "build(s) are using this cache" in output(res) and "gc removed nothing" in output(res)
+        lost = not during or res.returncode != 1 or not said or not kept or proc.returncode != 0 or not ok \
+            or hashes(cache) != self.ref
+        self.row("gc_during_build", f"`gc` once {len(committed)} node(s) of a fresh build were committed (no "
+                 "manifest lists them yet); the build goes on", lost, error_line(res), None, gc_exit=res.returncode,
+                 build_exit=proc.returncode, committed_before_gc=len(committed), verify=last,
+                 build_stderr_tail=err[-600:] if proc.returncode else "")
+
+    def root_dot(self) -> None:
+        sid = self.sids[0]
+        folder = self.tmp / "dot" / sid
+        shutil.copytree(self.data / sid, folder)
+        files = sorted(os.listdir(folder))
+        for root, name in ((".", "dot_cache"), ("..", "dotdot_cache")):
+            cache, before = self.tmp / name, set(os.listdir(self.tmp))
+            res, took = run_in(folder, "build", "ubfc", "--root", root, "--cache", str(cache))
+            outside = sorted(set(os.listdir(self.tmp)) - before - {name}) + \
+                sorted(set(os.listdir(folder.parent)) - {sid}) + sorted(set(os.listdir(folder)) - set(files))
+            store = cache / "ubfc.zarr"
+            stores = sorted(p.name for p in store.iterdir() if p.is_dir()) if store.is_dir() else []
+            built = len(list((store / sid).glob("*-*")))
+            ok, last = verified(cache)
+            lost = res.returncode != 0 or stores != [sid] or built != 6 or bool(outside) or not ok \
+                or hashes(cache) != self.of(sid)
+            self.row(f"root_dot ({root})", f"`build ubfc --root {root} --cache TMP/{name}` run in TMP/dot/{sid}",
+                     lost, f"none ({last})" if not lost else error_line(res) or f"exit {res.returncode}", None,
+                     subject_folders=stores, nodes=built, written_outside=outside, build_s=round(took, 1))
+
+    def _hostile_copy(self, name: str) -> tuple[Path, dict]:
+        cache = self.copy(name)
+        return cache, manifest(cache)
+
+    def _refusals(self, cache: Path, must: tuple[str, ...]) -> dict[str, dict]:
+        """verify --repair, gc, gc --all-stale, inspect and status on ``cache``: exit code, message, and whether
+        the output names every string of ``must``."""
+        out = {}
+        for args in (["verify", "--repair"], ["gc"], ["gc", "--all-stale"], ["inspect", "ubfc"], ["status", "ubfc"]):
+            res, _ = cli(*args, cache=cache, root=self.data if args[0] == "status" else None)
+            out[" ".join(args)] = {"exit": res.returncode, "message": error_line(res).replace(str(self.tmp), "TMP"),
+                                   "names_it": all(m in output(res) for m in must),
+                                   "traceback": "Traceback" in output(res)}
+        return out
+
+    def hostile_manifest(self) -> None:
+        precious = self.tmp / "precious"
+        precious.mkdir()
+        (precious / "keep").write_text("not a node")
+        a, b = self.sids[:2]
+        for how, name, sid, stage, path in (("absolute", "hostile/absolute", a, "labels", str(precious)),
+                                            ("dotdot", "hostile/dotdot", b, "face", "../../precious")):
+            cache, man = self._hostile_copy(name)
+            man["subjects"][sid]["nodes"][stage]["path"] = path
+            mpath = cache / "ubfc.builds" / "ubfc.json"
+            mpath.write_text(json.dumps(man))
+            before = nodes(cache)
+            seen = self._refusals(cache, (str(mpath), f"subject '{sid}', stage '{stage}'"))
+            refused = {k: v for k, v in seen.items() if k != "status ubfc"}
+            intact = (precious / "keep").exists() and nodes(cache) == before
+            shutil.copy2(self.clean / "ubfc.builds" / "ubfc.json", mpath)
+            same = hashes(cache) == self.ref
+            lost = not intact or not same or any(v["exit"] != 1 or not v["names_it"] or v["traceback"]
+                                                 for v in refused.values()) or seen["status ubfc"]["traceback"]
+            st = seen["status ubfc"]
+            self.row(f"hostile_manifest ({how})", f"{sid}'s {stage} node path in the manifest set to "
+                     f"{path.replace(str(self.tmp), 'TMP')!r}; verify --repair, gc, gc --all-stale, inspect, status",
+                     lost, f"{seen['gc']['message']} / status: exit {st['exit']}"
+                     f"{', names the manifest' if st['names_it'] else ', does not name the manifest'}", None,
+                     commands=seen, precious_kept=(precious / "keep").exists(), nodes_kept=nodes(cache) == before)
+            shutil.rmtree(cache)
+        for how, edit in (("list", lambda p: p.write_text("[]")),
+                          ("truncated", lambda p: p.write_bytes(p.read_bytes()[:300])),
+                          ("nested", lambda p: p.rename(p.parent / "ablation" / "stride2.json"))):
+            cache, _ = self._hostile_copy(f"hostile/{how}")
+            mpath = cache / "ubfc.builds" / "ubfc.json"
+            named = cache / "ubfc.builds" / "ablation" / "stride2.json" if how == "nested" else mpath
+            named.parent.mkdir(exist_ok=True)
+            edit(mpath)
+            before = nodes(cache)
+            dry, _ = cli("gc", "--dry-run", cache=cache)
+            res, _ = cli("gc", cache=cache)
+            kept = nodes(cache) == before
+            if how == "nested":  # a valid manifest in a nested folder: read like any other, nothing to remove
+                fine = all(r.returncode == 0 and "0 node(s)" in output(r) for r in (dry, res))
+                message = f"none (gc --dry-run and gc: {res.stdout.strip().splitlines()[-1]})" if fine else \
+                    error_line(res) or output(res)[-200:]
+                named.rename(mpath)
+            else:
+                fine = all(r.returncode == 1 and str(named) in output(r) and "Traceback" not in output(r)
+                           for r in (dry, res))
+                message = error_line(res)
+                shutil.copy2(self.clean / "ubfc.builds" / "ubfc.json", mpath)
+            fine &= "would remove" not in output(dry)
+            lost = not kept or not fine or hashes(cache) != self.ref
+            tried = {"list": "manifest holds `[]`", "truncated": "manifest cut to its first 300 bytes",
+                     "nested": "the manifest moved to ubfc.builds/ablation/stride2.json"}[how]
+            self.row(f"hostile_manifest ({how})", f"{tried}; gc --dry-run, gc", lost, message, None,
+                     dry_run_exit=dry.returncode, gc_exit=res.returncode, nodes_kept=kept,
+                     dry_run_output=output(dry)[-400:].replace(str(self.tmp), "TMP"))
+            shutil.rmtree(cache)
+
+    def hostile_config(self) -> None:
+        configs = {"name_escapes": ("name: ../../escaped\ndataset: ubfc\n", "name", "`name: ../../escaped`"),
+                   "stage_at_top_level": ("name: t\ndataset: ubfc\nclips:\n  size_px: 32\n", "clips",
+                                          "a top-level `clips:` section"),
+                   "stage_for_stages": ("name: t\ndataset: ubfc\nstage:\n  clips: {size_px: 32}\n", "stage",
+                                        "`stage:` for `stages:`"),
+                   "nan": ("name: t\ndataset: ubfc\nstages:\n  labels: {window_s: .nan}\n", "window_s",
+                           "`labels: {window_s: .nan}`")}
+        for how, (body, key, what) in configs.items():
+            work = self.tmp / "cfg" / how / "deep"
+            work.mkdir(parents=True)
+            path, cache = work / "bad.yaml", work / "cache"
+            path.write_text(body)
+            res, _ = cli("build", str(path), "--subjects", self.sids[0], cache=cache, root=self.data)
+            escaped = [str(p) for p in (*self.tmp.rglob("escaped*"), *self.tmp.parent.glob("escaped*"))]
+            lost = res.returncode != 2 or str(path) not in output(res) or key not in output(res) or cache.exists() \
+                or bool(escaped) or "Traceback" in output(res)
+            self.row(f"hostile_config ({how})", f"build with a pipeline YAML holding {what}", lost,
+                     error_line(res), None, exit_code=res.returncode, cache_made=cache.exists(), escaped_files=escaped)
+
+    def crafted_checkpoint(self) -> None:
+        import shlex
+
+        import torch
+
+        marker = self.tmp / "pwned"
+
+        class Payload:  # what a crafted checkpoint could hold: unpickling it runs a shell command
+            def __reduce__(self):
+                return os.system, (f"touch {shlex.quote(str(marker))}",)
+
+        ckpt = self.tmp / "stgnet-crafted.pt"
+        torch.save({"family": "stgnet", "state_dict": {}, "config": {}, "x": Payload()}, ckpt)
+        cache = self.copy("checkpoint")
+        res, _ = cli("evaluate", "ubfc", "--checkpoint", str(ckpt), "--subjects", self.sids[0], cache=cache,
+                     root=self.data)
+        lost = res.returncode == 0 or marker.exists() or "not loaded" not in output(res) or "Traceback" in output(res)
+        self.row("crafted_checkpoint", "`evaluate --checkpoint` of a torch.save'd dict whose unpickling runs "
+                 "`touch TMP/pwned` (os.system)", lost, error_line(res), None, exit_code=res.returncode,
+                 pwned=marker.exists())
+        shutil.rmtree(cache)
+
+    def _workers(self, address: str, but: set[str] = frozenset()) -> set[str]:
+        """Wait for one worker at the scheduler that is not in ``but``; the addresses of its workers."""
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                now = set(client.scheduler_info()["workers"])
+                if now and not now & set(but):
+                    return now
+                time.sleep(0.2)
+        raise RuntimeError(f"no new dask worker at {address}")
+
+    def tcp_relative(self) -> None:
+        import shlex
+
+        from rppg_prep.store import node_exists
+
+        base, sid = self.tmp / "tcp", self.sids[0]
+        client_dir, elsewhere = base / "client", base / "elsewhere"
+        shutil.copytree(self.data / sid, client_dir / "data" / sid)
+        elsewhere.mkdir()
+        dask_cli, sched_file = str(Path(sys.executable).parent / "dask"), base / "scheduler.json"
+        quiet = dict(cwd=elsewhere, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                   "--scheduler-file", str(sched_file)], **quiet)]
+        try:
+            deadline = time.time() + 60
+            while not (sched_file.exists() and sched_file.read_text().strip()):
+                if time.time() > deadline or procs[0].poll() is not None:
+                    raise RuntimeError("the dask scheduler did not start")
+                time.sleep(0.1)
+            address = json.loads(sched_file.read_text())["address"]
+            worker = [dask_cli, "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
+                      "--no-dashboard"]
+            procs.append(subprocess.Popen(worker, **quiet))
+            first = self._workers(address)
+            res, took = run_in(client_dir, "build", "ubfc", "--root", "data", "--cache", "cache", "--scheduler",
+                               address)
+            cache = client_dir / "cache"
+            rec = manifest(cache)["subjects"].get(sid, {}) if (cache / "ubfc.builds" / "ubfc.json").exists() else {}
+            ok, last = verified(cache)
+            there = all(node_exists(cache / n["path"]) for n in rec.get("nodes", {}).values())
+            lost = res.returncode != 0 or rec.get("status") != "ok" or not rec.get("frames") or not there \
+                or (elsewhere / "cache").exists() or not ok or hashes(cache) != self.of(sid)
+            self.row("tcp_relative", f"`dask scheduler` + `dask worker` run in TMP/tcp/elsewhere; `build --root data "
+                     "--cache cache --scheduler tcp://...` run in TMP/tcp/client", lost,
+                     f"none ({rec.get('frames')} frames; {last})" if not lost
+                     else error_line(res) or rec.get("error", ""), None, frames=rec.get("frames"),
+                     worker_cwd_after=sorted(os.listdir(elsewhere)), build_s=round(took, 1))
+            if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+                self.row("tcp_relative (worker's own cache)", "skipped: `unshare -m` needs root", False, "", None)
+                return
+            procs.pop().terminate()
+            blind = client_dir / "cache_blind"
+            blind.mkdir()
+            script = f"mount -t tmpfs tmpfs {shlex.quote(str(blind))} && exec {shlex.join(worker)}"
+            procs.append(subprocess.Popen(["unshare", "-m", "sh", "-c", script], **quiet))
+            self._workers(address, but=first)
+            res, _ = run_in(client_dir, "build", "ubfc", "--root", "data", "--cache", "cache_blind", "--scheduler",
+                            address)
+            mpath = blind / "ubfc.builds" / "ubfc.json"
+            rec = manifest(blind)["subjects"].get(sid, {}) if mpath.exists() else {}
+            message = rec.get("error") or error_line(res)
+            lost = res.returncode != 1 or "does not see" not in message or "every worker sees" not in message
+            self.row("tcp_relative (worker's own cache)", "the worker sees a tmpfs of its own at the client's cache "
+                     "path (`unshare -m`); build", lost, message, None, exit_code=res.returncode,
+                     failed_stage=rec.get("failed_stage"))
+        finally:
+            for p in reversed(procs):
+                p.terminate()
+            for p in reversed(procs):
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+    def _clock_root(self, name: str, edit) -> Path:
+        """Copies of the first two subjects under TMP/clock/NAME, line 3 of the first's ground_truth.txt edited."""
+        root = self.tmp / "clock" / name
+        for sid in self.sids[:2]:
+            shutil.copytree(self.data / sid, root / sid)
+        truth = root / self.sids[0] / "ground_truth.txt"
+        lines = truth.read_text().splitlines()
+        lines[2] = " ".join(f"{v:.7e}" for v in edit(np.array(lines[2].split(), dtype=np.float64)))
+        truth.write_text("\n".join(lines) + "\n")
+        return root
+
+    def clock_ms(self) -> None:
+        a, b = self.sids[:2]
+        cache = self.tmp / "clock_cache"
+        for how, edit, phrase in (("ms", lambda t: 1000.0 * t, "capture clock"),
+                                  ("zeros", np.zeros_like, "never advances")):
+            root = self._clock_root(how, edit)
+            res, _ = cli("build", "ubfc", cache=cache, root=root)
+            subs = manifest(cache)["subjects"]
+            err = subs[a].get("error") or ""
+            lost = res.returncode != 1 or subs[a]["status"] != "failed" or phrase not in err \
+                or str(root / a / "ground_truth.txt") not in err or "ValueError" in err or subs[b]["status"] != "ok" \
+                or hashes(cache) != self.of(b)
+            tried = {"ms": "capture clock (line 3) x 1000", "zeros": "capture clock all zero"}[how]
+            self.row(f"clock_ms ({how})", f"{a}'s {tried}, built with an unmodified copy of {b}", lost, err[:240], None,
+                     exit_code=res.returncode, failed_stage=subs[a].get("failed_stage"), other_status=subs[b]["status"])
+
+    def corrupt_node_rebuild(self) -> None:
+        cache, sid = self.copy("corrupt_node"), self.sids[0]
+        meta = cache / manifest(cache)["subjects"][sid]["nodes"]["labels"]["path"] / "zarr.json"
+        meta.write_bytes(meta.read_bytes()[:100])
+        res, recover = cli("build", "ubfc", cache=cache, root=self.data)
+        ran = {s: r["ran"] for s, r in manifest(cache)["subjects"].items()}
+        res2, _ = cli("build", "ubfc", cache=cache, root=self.data)
+        ran2 = {s: r["ran"] for s, r in manifest(cache)["subjects"].items()}
+        ok, last = verified(cache)
+        lost = res.returncode != 0 or ran != {s: ["labels"] if s == sid else [] for s in ran} or res2.returncode != 0 \
+            or any(ran2.values()) or "all fresh" not in res2.stderr or not ok or hashes(cache) != self.ref
+        self.row("corrupt_node_rebuild", f"{sid}'s labels node: zarr.json cut to 100 bytes; build twice", lost,
+                 f"none (first build ran {ran.get(sid)}, the second all fresh; {last})", recover, first_ran=ran,
+                 second_ran=ran2)
+        shutil.rmtree(cache)
+
+    def force_crash(self) -> None:
+        from rppg_prep.store import node_exists
+
+        sid = self.sids[0]
+        for exchange in ("1", "0"):
+            cache = self.copy(f"force_crash{exchange}")
+            labels = cache / manifest(cache)["subjects"][sid]["nodes"]["labels"]["path"]
+            env = dict(ENV, RPPG_PREP_FAULT=f"crash-replace:labels:{sid}", RPPG_PREP_RENAME_EXCHANGE=exchange)
+            res, _ = cli("build", "ubfc", "--force", "labels", "--subjects", sid, cache=cache, root=self.data, env=env)
+            in_place = node_exists(labels)
+            st, recover = cli("status", "ubfc", cache=cache, root=self.data)
+            ok, last = verified(cache)
+            same = hashes(cache) == self.ref
+            g, _ = cli("gc", cache=cache)
+            after_gc = hashes(cache) == self.ref
+            lost = res.returncode not in (-9, 137) or st.returncode != 0 or not ok or not same or g.returncode != 0 \
+                or not after_gc or (cache / ".replaced").exists()
+            self.row(f"force_crash (exchange={exchange})", f"SIGKILL between the steps of `build --force labels "
+                     f"--subjects {sid}` (RPPG_PREP_RENAME_EXCHANGE={exchange}); status, verify, gc", lost,
+                     f"none (build exit {res.returncode}; node in place after the kill: {in_place}; status exit "
+                     f"{st.returncode}; {last}; gc: {(g.stdout.strip().splitlines() or [''])[-1]})", recover,
+                     build_exit=res.returncode, node_in_place_after_kill=in_place, status_exit=st.returncode,
+                     gc_exit=g.returncode)
+            shutil.rmtree(cache)
+
+    def manifest_other_root(self) -> None:
+        import rppg_prep
+
+        cache, sid = self.copy("other_root_cache"), self.sids[0]
+        root = self.tmp / "other_root"
+        shutil.copytree(self.data / sid, root / sid)
+        before = nodes(cache)
+        res, _ = cli("build", "ubfc", cache=cache, root=root)
+        rec = manifest(cache)["subjects"][sid]
+        g, recover = cli("gc", cache=cache)
+        listed = list(rppg_prep.open_build(cache, "ubfc", "ubfc"))
+        lost = res.returncode != 0 or g.returncode != 0 or "0 node(s)" not in g.stdout or nodes(cache) != before \
+            or listed != self.sids or rec["root"] != str(root.resolve()) or hashes(cache) != self.ref
+        self.row("manifest_other_root", f"build from a root holding only a copy of {sid}, then gc", lost,
+                 f"none (gc: {(g.stdout.strip().splitlines() or [''])[-1]}; open_build lists {len(listed)} subjects)",
+                 recover, listed=listed, gc_output=g.stdout[-300:])
+        shutil.rmtree(cache)
+
 
 def main() -> None:
     default = Path(os.environ.get("RPPG_TEST_DATA", REPO.parent / "shared" / "data")) / "ubfc-rppg"
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=default, help="UBFC-rPPG root (default: %(default)s)")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default: benchmarks/results/faults-<date>.json); the rows it already holds "
+                         "of cases this run does not repeat are kept")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args()
+    cases = args.cases.split(",")
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     tmp = Path(tempfile.mkdtemp(prefix="rppg-faults-"))
+    t0 = time.perf_counter()
     try:
         camp = Campaign(args.data, tmp)
-        for case in args.cases.split(","):
+        for case in cases:
+            n = len(camp.rows)
             try:
                 getattr(camp, case)()
             except Exception as exc:  # a case that could not run is a row too, never a silent gap
@@ -403,23 +775,34 @@ def main() -> None:
 
                 traceback.print_exc()
                 camp.row(case, "the case script itself failed", True, f"{type(exc).__name__}: {exc}"[:240], None)
+            for r in camp.rows[n:]:  # a case with variants prints one row per variant
+                r["method"] = case
     finally:
         if not args.keep:
             subprocess.run(["umount", str(tmp / "small_disk")], capture_output=True)
             subprocess.run(["umount", str(tmp / "ro")], capture_output=True)
             shutil.rmtree(tmp, ignore_errors=True)
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "subjects": len({k.split("/")[0] for k in camp.ref}),
-           "clean_build_s": round(camp.clean_s, 1), "clean_bytes": camp.clean_bytes, "cases": camp.rows}
+           "clean_build_s": round(camp.clean_s, 1), "clean_bytes": camp.clean_bytes,
+           "wall_s": round(time.perf_counter() - t0, 1), "cases_run": cases, "cases": camp.rows}
     print("\n| case | tried | lost or corrupted | message | recover (s) |\n| --- | --- | --- | --- | --- |")
     for r in camp.rows:
         print(f"| {r['case']} | {r['tried']} | {'YES' if r['lost_or_corrupted'] else 'no'} | "
               f"{r['message'].replace('|', '/')} | {r['recover_s'] if r['recover_s'] is not None else '-'} |")
     lost = sum(r["lost_or_corrupted"] for r in camp.rows)
-    print(f"\n{len(camp.rows)} case(s), {lost} with lost or corrupted data")
-    dest = REPO / "benchmarks" / "results" / f"faults-{time.strftime('%Y-%m-%d')}.json"
+    print(f"\n{len(camp.rows)} row(s), {lost} with lost or corrupted data (or an outcome not met); "
+          f"wall {out['wall_s']:.0f} s")
+    dest = args.out or REPO / "benchmarks" / "results" / f"faults-{time.strftime('%Y-%m-%d')}.json"
+    if dest.exists():  # a run of some cases keeps the rows of the others
+        earlier = json.loads(dest.read_text())
+        kept = [r for r in earlier.get("cases", []) if r.get("method", r["case"]) not in cases]
+        if kept:
+            order = {c: i for i, c in enumerate(CASES)}
+            out["cases"] = sorted(kept + out["cases"], key=lambda r: order.get(r.get("method", r["case"]), len(CASES)))
+            out["earlier_runs"] = earlier.get("earlier_runs", []) + [
+                {k: earlier.get(k) for k in ("date", "clean_build_s", "wall_s", "cases_run")}]
     dest.write_text(json.dumps(out, indent=1, ensure_ascii=False))
     print(f"written {dest}")
-
 
 if __name__ == "__main__":
     main()

@@ -57,7 +57,7 @@ import torch
 from rppg_models.data import hr_label_array
 from rppg_models.evaluate import evaluate_checkpoint, hr_on_clock
 from rppg_models.folds import Split, fixed_split, kfold_splits, mean_sd, overlap_average, whole_video_hr
-from rppg_models.train import FAMILIES, TrainConfig, fit, fit_cnn3d, pick_device
+from rppg_models.train import FAMILIES, TrainConfig, finetune_cnn3d, fit, fit_cnn3d, pick_device
 from rppg_prep import open_build
 from rppg_prep.errors import StoreError
 from rppg_prep.protocols import metrics
@@ -193,6 +193,15 @@ def run_family(fam: str, args, split: Split, seed: int, dev: torch.device, plan:
             cnn3d_cache[seed] = fit_cnn3d(args.cache, steps=n, batch=32, seed=seed, device=str(dev),
                                           out=args.cache / "models", progress=False)
         res, cfg = cnn3d_cache[seed], {"steps": n, "batch": 32, "lr": 1e-3, "seed": seed}
+        if args.cnn3d_finetune_steps:  # explicit deviation: fine-tune on the fold's real clips, validated
+            import copy
+
+            pre = cfg
+            res = finetune_cnn3d(copy.deepcopy(res["model"]), args.cache, "ubfc", "ubfc", subjects=split.train,
+                                 val_subjects=split.val, steps=args.cnn3d_finetune_steps, lr=args.cnn3d_finetune_lr,
+                                 seed=seed, val_every=max(1, args.cnn3d_finetune_steps // 6), hr_label=args.hr_label,
+                                 device=str(dev), out=args.cache / "models", pretrain=pre)
+            cfg = {"pretrain": pre, "finetune_steps": args.cnn3d_finetune_steps, "finetune_lr": args.cnn3d_finetune_lr}
     else:
         size_px = {"stgnet": args.size_px, "meta-rppg": args.meta_size_px}.get(fam)
         tc = TrainConfig(steps=plan["steps"], batch=plan["batch"], lr=args.lr, amp=args.amp, workers=plan["workers"],
@@ -344,6 +353,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0 on the CPU, 2 on CUDA)")
     ap.add_argument("--hr-label", default="beats", choices=("beats", "welch"))
     ap.add_argument("--cnn3d-steps", type=int, default=None, help="3D-CNN steps (default 300 on the CPU, 3000 on CUDA)")
+    ap.add_argument("--cnn3d-finetune-steps", type=int, default=0,
+                    help="3D-CNN: after the synthetic training, fine-tune this many steps on each fold's real "
+                         "training clips, validated on its validation subject (default 0: synthetic alone, the paper)")
+    ap.add_argument("--cnn3d-finetune-lr", type=float, default=1e-4, help="3D-CNN fine-tuning learning rate")
     ap.add_argument("--st2s-epochs", type=int, default=None, help="ST2S stage-1 epochs (default evaluate_split's)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--tag", default="", help="appended to the JSON file name")

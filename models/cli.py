@@ -239,7 +239,8 @@ def report_checkpoint(console, checkpoint: Path, cache: Path, pipe, subjects: li
         scores, m = evaluate_checkpoint(checkpoint, cache, pipe.dataset, pipe.name, subjects=subjects, device=device,
                                         adapt_steps=adapt_steps, hr_label=hr_label)
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise click.ClickException(f"{checkpoint}: {exc}") from None
+        text = str(exc).strip("'\"")  # a KeyError quotes its message
+        raise click.ClickException(text if str(checkpoint) in text else f"{checkpoint}: {text}") from None
     table = Table(title=f"{checkpoint.name} on {pipe.name}: HR per clip (reference: {hr_label} HR of the labels)")
     for col in ("subject", "clips", "HR pred (bpm)", "HR ref (bpm)", "MAE (bpm)", "BVP r"):
         table.add_column(col, justify="left" if col == "subject" else "right")

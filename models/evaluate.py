@@ -91,8 +91,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:  # weights_only: a checkpoint is data (tensors, dicts, lists, strings); a pickle that runs code is refused
         ckpt = torch.load(Path(path), map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: not a checkpoint of rppg-prep's training layer; it holds objects other than "
-                         f"tensors and plain data, and is not loaded ({str(exc).splitlines()[0]})") from None
+        import re
+
+        found = re.search(r"GLOBAL (\S+)", str(exc))  # torch names the first global it refused
+        what = f" (it refers to {found.group(1)})" if found else ""
+        raise ValueError(f"{path}: not a checkpoint of rppg-prep's training layer: it holds objects other than "
+                         f"tensors and plain data{what}, so it is not loaded") from None
     family = ckpt["family"]
     if family == "cnn3d":
         from rppg_models.cnn3d import Cnn3d

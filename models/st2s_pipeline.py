@@ -41,7 +41,7 @@ from rppg_prep import open_build
 from rppg_prep.stage import canonical_json, node_key, node_provenance
 from rppg_prep.stages.split import PRED_STAGE, STAGE as SPLIT_STAGE, PredParams, SplitParams, good_bad
 from rppg_prep.manifest import build_key, manifest_path, read_manifest, record_nodes
-from rppg_prep.store import NodeWriter, atomic_write, node_exists, node_path, open_node
+from rppg_prep.store import NodeWriter, atomic_write, holding_build_lock, node_exists, node_path, open_node
 
 __all__ = ["Stage1Config", "Stage2Config", "train_stage1", "write_split", "stage2", "load_subject",
            "evaluate_split"]
@@ -272,6 +272,7 @@ def _load_fold(path: Path, subject: str) -> st2s.St2sCnn:
     return model.eval()
 
 
+@holding_build_lock  # its nodes are recorded only at the end: gc must not run in between
 def write_split(cache: str | Path, dataset: str, pipeline: str, ckpt_key: str, ckpt_path: Path,
                 threshold_bpm: float, *, data: dict[str, SubjectData] | None = None,
                 hr_label: str = "beats") -> dict[str, dict[str, str]]:

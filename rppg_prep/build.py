@@ -25,11 +25,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rppg_prep.datasets import Subject, get_loader, open_source
+from rppg_prep.datasets import Subject, get_loader, open_source, read_truth
 from rppg_prep.errors import GroundTruthError, RppgPrepError, StoreError, VideoDecodeError
 from rppg_prep.pipeline import ORDER, STAGES, Pipeline, load_pipeline
 from rppg_prep.stage import NodeContext, node_key, node_provenance
-from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node
+from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node, restore_replaced
 
 __all__ = ["plan_subject", "video_pass", "RUNNERS", "SubjectResult", "NodePlan", "environment_threads",
            "Pipeline", "load_pipeline", "STAGES", "ORDER"]
@@ -177,7 +177,9 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
         key = node_key(st, pipe.params[name], {u: keys[u] for u in st.inputs}, files.get(name, {}))
         keys[name] = key
         path = node_path(cache, pipe.dataset, subject.id, name, key)
-        plan[name] = NodePlan(name, key, path, node_exists(path), inputs=raw.get(name, {}))
+        # a replace a crash interrupted is finished first (store.restore_replaced): the old node counts
+        fresh = node_exists(path) or (restore_replaced(path) and node_exists(path))
+        plan[name] = NodePlan(name, key, path, fresh, inputs=raw.get(name, {}))
     return plan
 
 
@@ -206,7 +208,7 @@ def _ctx(pipe: Pipeline, subject: Subject, name: str, inputs: dict[str, Any], wr
          progress: ProgressFn) -> NodeContext:
     return NodeContext(STAGES[name], subject, pipe.params[name], inputs, writer,
                        lambda done, total: progress(subject.id, name, done, total),
-                       truth=lambda: get_loader(subject.dataset).read_truth(subject))
+                       truth=lambda: read_truth(subject))  # the loader, then the shared checks
 
 
 def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,

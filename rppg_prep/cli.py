@@ -31,6 +31,11 @@ def _split(values: tuple[str, ...]) -> list[str]:
     return [v for item in values for v in item.replace(",", " ").split() if v]
 
 
+def _split_ids(values: tuple[str, ...]) -> list[str]:
+    """Subject ids from ``--subjects``: split on commas only (an id may hold spaces), each stripped."""
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
 class _PluginGroup(click.Group):
     """The core commands, plus those other packages register as ``rppg_prep.commands`` entry points
     (the training layer's ``train``): loaded only when named or listed, so the core never imports them."""
@@ -91,7 +96,9 @@ def _pipeline_options(fn):
                       help="Dataset folder (for UBFC-rPPG: the folder holding subject*/). Default: the "
                            "embedded synthetic sample, generated under CACHE/samples on first use.")(fn)
     fn = click.option("--subjects", multiple=True, metavar="ID[,ID...]",
-                      help="Only these subjects (e.g. subject3,subject10). Default: every subject under --root.")(fn)
+                      help="Only these subjects, comma-separated (e.g. subject3,subject10); repeatable. An id "
+                           "with spaces is quoted: --subjects \"subject 1,subject 2\". Default: every subject "
+                           "under --root.")(fn)
     return click.argument("pipeline", default="ubfc")(fn)
 
 
@@ -107,7 +114,7 @@ def _resolve(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
         found = loader.find_subjects(root)
     except (RppgPrepError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
-    wanted = _split(subjects)
+    wanted = _split_ids(subjects)
     if wanted:
         known = {s.id: s for s in found}
         missing = [w for w in wanted if w not in known]
@@ -122,16 +129,30 @@ def _resolve(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes. 1 builds in this process; more start a dask LocalCluster of that many "
                    "single-threaded processes (each needs ~400 MB).")
-@click.option("--scheduler", default=None, metavar="threads|local-cluster|tcp://HOST:PORT",
+@click.option("--scheduler", default=None, metavar="threads|local-cluster|tcp://HOST:PORT|tls://HOST:PORT",
               help="Where tasks run. threads (default with --workers 1): this process, one lane for video "
-                   "passes and one for the other stages. local-cluster: dask.distributed on this machine. "
-                   "tcp://HOST:PORT: an existing dask.distributed scheduler (the cache must be shared).")
+                   "passes and one for the other stages. local-cluster: dask.distributed on this machine "
+                   "(127.0.0.1 only). tcp:// or tls://HOST:PORT: an existing dask.distributed scheduler (the "
+                   "cache must be on storage every worker sees, at the same absolute path). Anyone who can "
+                   "reach a tcp:// scheduler can run code on its workers and on this client: use tls:// "
+                   "(README: Scheduler security).")
+@click.option("--tls-ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="tls:// scheduler: the CA certificate (default: dask config distributed.comm.tls.ca-file).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="tls:// scheduler: this client's certificate (default: distributed.comm.tls.client.cert).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="tls:// scheduler: this client's private key, if not in --tls-cert "
+                   "(default: distributed.comm.tls.client.key).")
+@click.option("--dashboard", is_flag=True,
+              help="local-cluster: serve dask's dashboard on 127.0.0.1 (a free port, logged; needs bokeh). "
+                   "Off by default: no HTTP listener at all.")
 @click.option("--force", multiple=True, metavar="STAGE",
               help="Recompute this stage's nodes even if they exist (decode, landmarks, face, clips, st_map, labels).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (per subject and stage: fresh or what will run, "
                                               "and why) and exit without building.")
 def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], workers: int,
-          scheduler: str | None, force: tuple[str, ...], dry_run: bool) -> None:
+          scheduler: str | None, tls_ca_file: Path | None, tls_cert: Path | None, tls_key: Path | None,
+          dashboard: bool, force: tuple[str, ...], dry_run: bool) -> None:
     """Build PIPELINE (default: ubfc, from pipelines/ubfc.yaml or the stage defaults).
 
     PIPELINE is a dataset name (`rppg-prep datasets` lists them with the files --root must hold),
@@ -143,7 +164,11 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
     spatiotemporal images (10-s segments, 3-px strips) and labels (the contact PPG on the video
     clock, HR in bpm per window by Welch peak in 0.7-3.5 Hz, SNR in dB). Nodes whose key (params,
     code version, inputs) already exists are reused. Exit code 1 if any subject failed; every other
-    subject is still built.
+    subject is still built. A subject fails, naming its file, when its ground truth has a timestamp
+    that is not a number, a capture clock (UBFC-rPPG line 3) more than 20 % from the video's fps or
+    more than 20 % of the video's duration away from its clock, or a contact signal that is flat or
+    has more than 50 % of its samples missing (not a number, or flat for 2 s or longer); fewer
+    missing samples are a note, and the HR windows touching them are NaN.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -158,6 +183,11 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
         _status_table(console, pipe, found, cache, title=f"plan of {pipe.name} (dry run: nothing built)")
         return
     scheduler = scheduler or ("threads" if workers == 1 else "local-cluster")
+    if dashboard and scheduler != "local-cluster":
+        raise click.UsageError("--dashboard starts the dashboard of a local-cluster only; a remote scheduler "
+                               "serves its own")
+    tls = {k: str(v.resolve()) for k, v in (("tls_ca_file", tls_ca_file), ("tls_client_cert", tls_cert),
+                                            ("tls_client_key", tls_key)) if v is not None}
     console.print(f"[bold]build[/] {pipe.name}: {len(found)} subject(s) from {root} into {cache} ({scheduler})")
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -172,7 +202,8 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
 
         try:
             results = run_build(pipe, found, cache, root=root, scheduler=scheduler, workers=workers,
-                                force=_split(force), progress=progress, on_result=on_result)
+                                force=_split(force), security=tls or None, dashboard=dashboard,
+                                progress=progress, on_result=on_result)
         except RppgPrepError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # the manifest, a lock or a fingerprint memo could not be written
@@ -510,11 +541,34 @@ def verify(pipeline: str, cache: Path, repair: bool) -> None:
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
               help="Store root to clean.")
 @click.option("--dry-run", is_flag=True, help="List what would be removed, remove nothing.")
-def gc_command(cache: Path, dry_run: bool) -> None:
-    """Remove nodes that no build manifest references, and abandoned partial nodes; report bytes freed."""
-    from rppg_prep.dag import gc
+@click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=None, metavar="DAYS",
+              help="Also remove superseded nodes (replaced by a later build of their subject) superseded more "
+                   "than DAYS days ago.")
+@click.option("--all-stale", is_flag=True, help="Also remove every superseded node.")
+def gc_command(cache: Path, dry_run: bool, older_than: float | None, all_stale: bool) -> None:
+    """Remove nodes that no build manifest lists, and abandoned partial nodes; report bytes freed.
 
-    removed, freed = gc(cache, dry_run=dry_run)
+    \b
+    The rule: a node is removed only when no manifest lists it, neither as a
+    subject's current node nor as a superseded one (a node a later build of its
+    subject replaced). A manifest keeps every subject ever built under its
+    pipeline name, whatever --root, config or --subjects a later build had.
+    Superseded nodes are removed only with --older-than DAYS or --all-stale.
+
+    \b
+    gc removes nothing and exits 1 while a build is using the cache (a build
+    that starts meanwhile waits for gc), or when a manifest cannot be read or
+    does not validate (the error names it).
+    """
+    from rppg_prep.dag import gc
+    from rppg_prep.errors import RppgPrepError
+
+    if older_than is not None and all_stale:
+        raise click.UsageError("give --older-than DAYS or --all-stale, not both")
+    try:
+        removed, freed = gc(cache, dry_run=dry_run, older_than_days=older_than, all_stale=all_stale)
+    except RppgPrepError as exc:
+        raise click.ClickException(str(exc)) from None
     for p in removed:
         click.echo(f"{'would remove' if dry_run else 'removed'} {p}")
     click.echo(f"{len(removed)} node(s), {freed} bytes ({freed / 1e6:.1f} MB) {'would be ' if dry_run else ''}freed")

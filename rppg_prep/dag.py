@@ -14,18 +14,26 @@ Schedulers
     its inputs exist. Lanes are sized from the machine: more video lanes on more cores and memory.
 ``local-cluster``
     A ``dask.distributed.LocalCluster`` of ``workers`` processes, one thread each.
-``tcp://HOST:PORT``
-    An existing ``dask.distributed`` scheduler; the cache must be on storage every worker sees.
+``tcp://HOST:PORT`` or ``tls://HOST:PORT``
+    An existing ``dask.distributed`` scheduler; the cache must be on storage every worker sees, at
+    the same absolute path. Paths are made absolute before the graph is built (a worker has a
+    working directory of its own), and a node a worker reports written that this client cannot see
+    fails its subject. ``tls://`` takes a ``distributed.Security`` (``security=``, or dask's
+    ``distributed.comm.tls.*`` config). Anyone who can reach a plain ``tcp://`` scheduler can run
+    code on its workers and on this client (tasks and results are pickles); ``local-cluster``
+    listens on 127.0.0.1 only, with no HTTP listener unless ``dashboard=True``.
 
 A task never raises for bad input: it returns an outcome with the error, the first lines of the
 traceback and the input file, and its dependants are skipped. A worker that dies is recorded as a
 failure of the tasks it held. Every node is written under a file lock and committed atomically, so
-two builds on one cache wait for each other instead of writing the same node twice.
+two builds on one cache wait for each other instead of writing the same node twice. A build (and
+:func:`repair`) holds a build lock of its own for its whole run (:func:`rppg_prep.store.build_lock`):
+nodes are recorded in the manifest only as each subject finishes, so :func:`gc` refuses to run
+meanwhile, and a build waits for a running gc before it starts.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -34,7 +42,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,8 +52,8 @@ from rppg_prep.build import (RUNNERS, NodePlan, SubjectResult, dir_bytes, enviro
 from rppg_prep.datasets import Subject
 from rppg_prep.pipeline import ORDER, STAGES, Pipeline
 from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
-from rppg_prep.manifest import read_manifest, record_build
-from rppg_prep.store import node_attrs, node_bytes, node_exists, node_lock, open_node
+from rppg_prep.manifest import config_digest, forget_superseded, read_manifest, record_build, referenced_nodes
+from rppg_prep.store import gc_lock, holding_build_lock, node_attrs, node_bytes, node_exists, node_lock, open_node
 
 __all__ = ["run_build", "subject_status", "gc", "repair", "VIDEO_STAGES", "TASK_STAGES"]
 
@@ -98,16 +106,33 @@ def _locked_plan(cache: str | Path, plan: dict[str, NodePlan], stages: Iterable[
     return stack
 
 
+def _stage_input(subject: Subject, stage: str) -> str:
+    """The raw file ``stage`` reads (labels: the ground truth; the video stages: the video), for errors.
+
+    A stage with no raw input of its own (clips, st_map read the face node) names the video its
+    input derives from.
+    """
+    from rppg_prep.build import _raw_inputs
+
+    try:
+        raw = _raw_inputs(subject)
+    except Exception:  # naming a file must never hide the error it names
+        return str(subject.video)
+    files = raw.get("decode" if stage in VIDEO_STAGES else stage) or raw["decode"]
+    return str(next(iter(files.values()), subject.video))
+
+
 def _failed(subject: Subject, task: str, stage: str, exc: BaseException) -> Outcome:
     if isinstance(exc, VideoDecodeError):
         stage = "decode"
     tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    own = _stage_input(subject, stage)
     if isinstance(exc, RppgPrepError):
         message = str(exc)
-        input_file = exc.path
-    else:  # a bug: still name the subject and its files, and keep the traceback
-        message = f"subject {subject.id}, file {subject.video}: {type(exc).__name__}: {exc}"
-        input_file = str(subject.video)
+        input_file = exc.path or own
+    else:  # a bug: still name the subject and the failing stage's own input, and keep the traceback
+        message = f"subject {subject.id}, file {own}: {type(exc).__name__}: {exc}"
+        input_file = own
     lines = [ln.rstrip() for chunk in tb[-TRACEBACK_LINES:] for ln in chunk.splitlines()][-TRACEBACK_LINES:]
     log.debug("subject %s, %s failed:\n%s", subject.id, stage, "".join(tb))
     return Outcome(subject.id, task, "failed", stage, message, lines, input_file)
@@ -152,6 +177,48 @@ def _inject_fault(task: str, subject: Subject) -> None:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _absolute(cache: str | Path, root: str | Path | None, subjects: list[Subject]):
+    """Cache, root and the subjects' files as absolute paths (symlinks kept): a dask.distributed
+    worker resolves a relative path against its own working directory, not this process's."""
+    ab = lambda p: Path(os.path.abspath(p))  # noqa: E731
+    return (ab(cache), None if root is None else ab(root),
+            [replace(s, video=ab(s.video), truth=tuple(ab(p) for p in s.truth)) for s in subjects])
+
+
+def _client_sees(on_outcome: Callable[[Outcome], None], plans: dict[str, dict[str, NodePlan]], out: Outcome) -> None:
+    """Pass a worker's outcome on, failed where a node it reports written is not where this client looks."""
+    if out.status == "ok":
+        for stage in TASK_STAGES[out.task]:
+            path = plans[out.subject][stage].path
+            if not node_exists(path):
+                out = Outcome(out.subject, out.task, "failed", stage,
+                              f"subject {out.subject}: a worker reported node {stage} built, but this client "
+                              f"does not see it at {path}; the cache must be on storage every worker sees, at the "
+                              "same absolute path")
+                break
+    on_outcome(out)
+
+
+def _security(scheduler: str, security: Any) -> Any:
+    """The ``distributed.Security`` of a tls:// scheduler (given, or from dask's config); None otherwise."""
+    if not scheduler.startswith("tls://"):
+        if security:
+            raise ConfigError(f"TLS settings were given but the scheduler {scheduler!r} is not tls://HOST:PORT")
+        return None
+    import dask
+    from distributed import Security
+
+    if security is None and dask.config.get("distributed.client.security-loader", None):
+        return None  # the Client calls the configured loader
+    if not isinstance(security, Security):
+        security = Security(**(security or {}))  # unset fields from distributed.comm.tls.* in dask's config
+    if not (security.tls_ca_file and security.tls_client_cert):
+        raise ConfigError(f"scheduler {scheduler} is tls:// but no CA file and client certificate are set: pass "
+                          "--tls-ca-file, --tls-cert and --tls-key, or set distributed.comm.tls.ca-file and "
+                          "distributed.comm.tls.client.cert (and .key) in dask's config")
+    return security
 
 
 def _task_key(task: str, subject: Subject, plan: dict[str, NodePlan]) -> str:
@@ -241,20 +308,45 @@ def _lost(key: str, subject: str, exc: BaseException | None) -> Outcome:
                    f"({type(exc).__name__}: {exc})")
 
 
+def _stop_http(dask_worker) -> None:  # noqa: ANN001 - run on each worker by Client.run
+    dask_worker.http_server.stop()
+
+
+def _local_cluster(workers: int, dashboard: bool):
+    """A LocalCluster listening on 127.0.0.1 only, with no HTTP listener unless ``dashboard``."""
+    import dask
+    from distributed import LocalCluster
+
+    # a task per thread and no more: tasks queued on a worker would die with it when it is killed
+    settings: dict[str, Any] = {"distributed.scheduler.worker-saturation": 1.0}
+    if not dashboard:  # dask serves info pages and metrics over HTTP even without a dashboard
+        settings.update({"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []})
+    with dask.config.set(settings):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0" if dashboard else None)
+    if dashboard:
+        log.warning("dask dashboard: %s", cluster.dashboard_link)
+    else:
+        cluster.scheduler.http_server.stop()
+    return cluster
+
+
 def _run_distributed(dsk: dict, keys: list[str], scheduler: str, workers: int,
-                     on_outcome: Callable[[Outcome], None], subjects: dict[str, str]) -> None:
-    from distributed import Client, LocalCluster, as_completed
+                     on_outcome: Callable[[Outcome], None], subjects: dict[str, str], *,
+                     security: Any = None, dashboard: bool = False) -> None:
+    from distributed import Client, as_completed
 
     if scheduler == "local-cluster":
-        import dask
-
-        # a task per thread and no more: tasks queued on a worker would die with it when it is killed
-        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = _local_cluster(workers, dashboard)
         client = Client(cluster)
     else:
-        cluster, client = None, Client(scheduler)
+        try:
+            cluster, client = None, Client(scheduler, security=security)
+        except OSError as exc:  # unreachable, or a TLS handshake refused (ssl.SSLError is an OSError)
+            raise ConfigError(f"cannot connect to the dask scheduler {scheduler}: {exc}") from None
     try:
+        if cluster is not None and not dashboard:
+            client.run(_stop_http)  # the workers' HTTP listeners, serving nothing now, closed too
         futures = client.get(dsk, keys, sync=False)
         by_future = dict(zip(futures, keys))
         for fut in as_completed(futures):
@@ -298,9 +390,11 @@ def _finalize(result: SubjectResult, plan: dict[str, NodePlan] | None) -> Subjec
     return result
 
 
+@holding_build_lock  # gc refuses while a build runs: its nodes are recorded only as each subject ends
 def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, root: str | Path | None = None,
               scheduler: str = "threads", workers: int = 1, force: Iterable[str] = (),
               force_nodes: Iterable[tuple[str, str]] = (),
+              security: Any = None, dashboard: bool = False,
               progress: ProgressFn | None = None,
               on_result: Callable[[SubjectResult], None] | None = None) -> list[SubjectResult]:
     """Build ``subjects`` and return one result per subject, in the order given.
@@ -313,7 +407,7 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
         Store root.
     root : str or Path, optional
         Dataset root, recorded in the manifest (which is updated as each subject finishes).
-    scheduler : {"threads", "local-cluster"} or "tcp://HOST:PORT"
+    scheduler : {"threads", "local-cluster"} or "tcp://HOST:PORT" or "tls://HOST:PORT"
     workers : int
         Worker processes of a ``local-cluster``.
     force : iterable of str
@@ -321,6 +415,11 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
     force_nodes : iterable of (subject, stage)
         Single nodes to recompute (``rppg-prep verify --repair``); the new node replaces the old
         one atomically.
+    security : distributed.Security or dict of its arguments, optional
+        TLS files of a ``tls://`` scheduler; unset ones come from dask's config
+        (``distributed.comm.tls.*``).
+    dashboard : bool
+        Serve dask's dashboard on 127.0.0.1 (a free port; the link is logged); ``local-cluster`` only.
     progress : callable (subject, stage, done, total), optional
         Frame-level progress (``threads`` only).
     on_result : callable (SubjectResult), optional
@@ -335,14 +434,18 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
     Raises
     ------
     ConfigError
-        Unknown ``force`` stage or scheduler.
+        Unknown ``force`` stage or scheduler, a tls:// scheduler without a CA file and client
+        certificate, TLS settings for another scheduler, or a scheduler that cannot be reached.
     """
     force, force_nodes = tuple(force), tuple(force_nodes)
     unknown = sorted(set(force) - set(ORDER) | {st for _, st in force_nodes} - set(ORDER))
     if unknown:
         raise ConfigError(f"--force names unknown stage(s) {unknown}; stages: {list(ORDER)}")
-    if scheduler not in ("threads", "local-cluster") and not scheduler.startswith("tcp://"):
-        raise ConfigError(f"unknown scheduler {scheduler!r}: use threads, local-cluster or tcp://HOST:PORT")
+    if scheduler not in ("threads", "local-cluster") and not scheduler.startswith(("tcp://", "tls://")):
+        raise ConfigError(f"unknown scheduler {scheduler!r}: use threads, local-cluster, tcp://HOST:PORT "
+                          "or tls://HOST:PORT")
+    security = _security(scheduler, security)
+    cache, root, subjects = _absolute(cache, root, subjects)  # the workers may run in another directory
     results = {s.id: SubjectResult(s.id) for s in subjects}
     plans: list[tuple[Subject, dict[str, NodePlan]]] = []
     plan_of: dict[str, dict[str, NodePlan]] = {}
@@ -388,7 +491,8 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
             _run_threads(dsk, keys, on_outcome)
         else:
             owners = {k: next(s.id for s, _ in plans if k.endswith("-" + s.id)) for k in keys}
-            _run_distributed(dsk, keys, scheduler, workers, on_outcome, owners)
+            _run_distributed(dsk, keys, scheduler, workers, partial(_client_sees, on_outcome, plan_of), owners,
+                             security=security, dashboard=dashboard)
     return [results[s.id] for s in subjects]
 
 
@@ -455,16 +559,8 @@ def subject_status(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[
     return out
 
 
-def _referenced(cache: Path) -> set[Path]:
-    refs = set()
-    for man in cache.glob("*.builds/*.json"):
-        try:
-            data = json.loads(man.read_text())
-        except ValueError:
-            continue
-        for rec in data.get("subjects", {}).values():
-            refs.update((cache / n["path"]).resolve() for n in rec.get("nodes", {}).values())
-    return refs
+def _referenced(cache: Path, *, older_than_days: float | None = None, all_stale: bool = False) -> set[Path]:
+    return referenced_nodes(cache, older_than_days=older_than_days, all_stale=all_stale)
 
 
 def _node_dirs(cache: Path) -> Iterator[Path]:
@@ -473,15 +569,34 @@ def _node_dirs(cache: Path) -> Iterator[Path]:
             yield from (p for p in subject.iterdir() if p.is_dir())
 
 
-def gc(cache: str | Path, *, dry_run: bool = False) -> tuple[list[Path], int]:
-    """Remove nodes that no build manifest references, and partial nodes no build is writing.
+def gc(cache: str | Path, *, dry_run: bool = False, older_than_days: float | None = None,
+       all_stale: bool = False) -> tuple[list[Path], int]:
+    """Remove nodes no build manifest lists, and partial nodes no build is writing.
+
+    The rule: a node is removed only when no manifest lists it, neither as a subject's current
+    node nor as a superseded one (a node that a later build of its subject replaced). A manifest
+    keeps every subject ever built under its pipeline name, whatever ``--root``, config or
+    ``--subjects`` a later build had (:func:`rppg_prep.manifest.record_build`). Superseded nodes
+    go only when asked: ``older_than_days`` removes those superseded more than that many days ago,
+    ``all_stale`` all of them (the manifests then forget them).
+
+    Safety: gc holds the cache alone (:func:`rppg_prep.store.gc_lock`). While any build holds its
+    build lock (:func:`run_build`, :func:`repair` and ST2S's derived nodes hold one from before they
+    plan until their nodes are recorded) gc removes nothing and raises :class:`CacheBusyError`; a
+    build that starts during a gc waits for it to finish. Every manifest, nested folders too, is
+    read and validated first (:func:`rppg_prep.manifest.referenced_nodes`): one that cannot be read
+    or does not validate stops gc before anything is removed.
 
     Parameters
     ----------
     cache : str or Path
         Store root.
     dry_run : bool
-        List what would be removed and remove nothing.
+        List what would be removed and remove nothing (the manifests are not changed either).
+    older_than_days : float, optional
+        Also remove superseded nodes superseded more than this many days ago.
+    all_stale : bool
+        Also remove every superseded node.
 
     Returns
     -------
@@ -489,28 +604,44 @@ def gc(cache: str | Path, *, dry_run: bool = False) -> tuple[list[Path], int]:
         Node and partial folders removed (or that would be).
     bytes_freed : int
         Their size on disk.
+
+    Raises
+    ------
+    CacheBusyError
+        A build is running on this cache; nothing was removed.
+    ManifestError
+        A manifest cannot be read or does not validate; nothing was removed.
     """
     cache = Path(cache)
-    refs = _referenced(cache)
-    victims = [p for p in _node_dirs(cache) if p.resolve() not in refs]
-    for part in sorted((cache / ".partial").glob("*")) if (cache / ".partial").exists() else []:
-        key = part.name.split(".", 1)[0].rsplit("-", 1)[-1]
-        try:
-            with node_lock(cache, key, timeout_s=0):
-                victims.append(part)
-        except Exception:  # a running build holds it
-            continue
-    freed = sum(dir_bytes(p) for p in victims)
-    if not dry_run:
-        for p in victims:
-            shutil.rmtree(p, ignore_errors=True)
-        for store in cache.glob("*.zarr"):
-            for subject in (p for p in store.iterdir() if p.is_dir()):
-                if not any(c.is_dir() for c in subject.iterdir()):
-                    shutil.rmtree(subject, ignore_errors=True)
+    if not cache.is_dir():
+        return [], 0
+    with gc_lock(cache):
+        if not dry_run:  # a replace a crash interrupted puts its old node back first (never deleted)
+            from rppg_prep.store import recover_replaced
+
+            recover_replaced(cache)
+        refs = _referenced(cache, older_than_days=older_than_days, all_stale=all_stale)
+        victims = [p for p in _node_dirs(cache) if p.resolve() not in refs]
+        for part in sorted((cache / ".partial").glob("*")) if (cache / ".partial").exists() else []:
+            key = part.name.split(".", 1)[0].rsplit("-", 1)[-1]
+            try:
+                with node_lock(cache, key, timeout_s=0):
+                    victims.append(part)
+            except Exception:  # a running build holds it
+                continue
+        freed = sum(dir_bytes(p) for p in victims)
+        if not dry_run:
+            forget_superseded(cache, older_than_days=older_than_days, all_stale=all_stale)
+            for p in victims:
+                shutil.rmtree(p, ignore_errors=True)
+            for store in cache.glob("*.zarr"):
+                for subject in (p for p in store.iterdir() if p.is_dir()):
+                    if not any(c.is_dir() for c in subject.iterdir()):
+                        shutil.rmtree(subject, ignore_errors=True)
     return victims, freed
 
 
+@holding_build_lock
 def repair(pipe: Pipeline, cache: str | Path, problems: list, *,
            progress: ProgressFn | None = None) -> tuple[list[SubjectResult], list[str]]:
     """Rebuild exactly the nodes :func:`rppg_prep.integrity.verify_build` found damaged.
@@ -533,16 +664,18 @@ def repair(pipe: Pipeline, cache: str | Path, problems: list, *,
     Returns
     -------
     results : list of SubjectResult
-        One per subject rebuilt.
+        One per subject rebuilt; a damaged subject no longer under the recorded root is a failed
+        result naming the subject and the root (the others are still repaired).
     removed : list of str
         Derived nodes removed (rebuild them with ``rppg-prep train st2s``).
 
     Raises
     ------
     ConfigError
-        ``pipe``'s config differs from the build's.
+        ``pipe``'s config differs from the build's, or a damaged subject was built with another
+        config (the manifest keeps subjects of earlier builds).
     DatasetLayoutError
-        The dataset root of the build is gone.
+        The dataset root of the build (each subject's own root) is gone.
     """
     from rppg_prep.datasets import get_loader
     from rppg_prep.manifest import forget_nodes
@@ -552,6 +685,12 @@ def repair(pipe: Pipeline, cache: str | Path, problems: list, *,
         raise ConfigError(f"pipeline {pipe.name!r} now resolves to another config than the one the build used; "
                           "repair rebuilds with the build's own settings only")
     core = {(p.subject, p.stage) for p in problems if p.stage in ORDER}
+    latest = config_digest(pipe.config())  # a subject the manifest kept from a build with another config
+    earlier = sorted({sid for sid, _ in core if man["subjects"].get(sid, {}).get("config_digest", latest) != latest})
+    if earlier:
+        raise ConfigError(f"subject(s) {', '.join(earlier)} of build {pipe.name!r} were built with another config "
+                          "than the build's latest; repair rebuilds with a node's own settings only: rebuild them "
+                          f"with `rppg-prep build {pipe.name} --subjects {','.join(earlier)}`")
     derived = sorted({(p.subject, p.stage, p.node) for p in problems if p.stage not in ORDER})
     removed = []
     for sid, stage, node in derived:
@@ -566,7 +705,21 @@ def repair(pipe: Pipeline, cache: str | Path, problems: list, *,
                                                       for sid, _, _ in derived})
     if not core:
         return [], removed
-    found = {s.id: s for s in get_loader(pipe.dataset).find_subjects(man["root"])}
-    subjects = [found[sid] for sid in sorted({sid for sid, _ in core})]
-    results = run_build(pipe, subjects, cache, root=man["root"], force_nodes=core, progress=progress)
-    return results, removed
+    damaged = sorted({sid for sid, _ in core})
+    # each subject is rebuilt from the root it was built from (a manifest keeps subjects of several)
+    roots = {sid: man["subjects"].get(sid, {}).get("root") or man["root"] for sid in damaged}
+    found = {s.id: s for r in sorted(set(roots.values())) for s in get_loader(pipe.dataset).find_subjects(r)
+             if roots.get(s.id) == r}
+    gone = []
+    for sid in (s for s in damaged if s not in found):  # moved or deleted since the build: say so, repair the rest
+        stages = sorted((st for s2, st in core if s2 == sid), key=ORDER.index)
+        gone.append(SubjectResult(
+            sid, status="failed", failed_stage=stages[0], input_file=roots[sid],
+            error=f"subject {sid}: not found under the dataset root {roots[sid]} that the build recorded, so its "
+                  f"damaged node(s) ({', '.join(stages)}) cannot be rebuilt; put the recording back there, or "
+                  "rebuild it with `rppg-prep build --root DIR`. The other subjects are repaired"))
+    subjects = [found[sid] for sid in damaged if sid in found]
+    results = [res for r in sorted({roots[s.id] for s in subjects})
+               for res in run_build(pipe, [s for s in subjects if roots[s.id] == r], cache, root=r,
+                                    force_nodes=core, progress=progress)]
+    return results + gone, removed

@@ -14,6 +14,8 @@ __all__ = [
     "VideoDecodeError",
     "FaceNotFoundError",
     "StoreError",
+    "ManifestError",
+    "CacheBusyError",
     "ConfigError",
 ]
 
@@ -62,6 +64,15 @@ class FaceNotFoundError(RppgPrepError, ValueError):
 
 class StoreError(RppgPrepError, OSError):
     """The zarr store is missing a node, or a node is incomplete."""
+
+
+class ManifestError(StoreError):
+    """A build manifest cannot be read or does not validate (not JSON, wrong shape, a node path that is
+    not the node's own place in the cache); the message names the manifest, the subject and the stage."""
+
+
+class CacheBusyError(StoreError):
+    """The cache is in use: ``gc`` found a build running (it removes nothing then)."""
 
 
 class ConfigError(RppgPrepError, ValueError):

@@ -20,6 +20,7 @@ import yaml
 from rppg_prep.errors import ConfigError
 from rppg_prep.stage import Stage, canonical_json, params_from_dict
 from rppg_prep.stages import CORE, topological_order
+from rppg_prep.store import check_name
 
 __all__ = ["Pipeline", "load_pipeline", "pipeline_file", "pipeline_names", "STAGES", "ORDER"]
 
@@ -39,7 +40,9 @@ class Pipeline:
     name : str
         Pipeline name (the manifest is ``<dataset>.builds/<name>.json``).
     dataset : str
-        Loader name (:data:`rppg_prep.datasets.LOADERS`).
+        Loader name (:data:`rppg_prep.datasets.LOADERS`). Both are checked by
+        :func:`rppg_prep.store.check_name` (``[A-Za-z0-9._-]+``, not ``.`` or ``..``): a
+        :class:`ConfigError` naming the file and the key.
     params : dict of str to dataclass
         Stage name -> that stage's frozen params.
     source : str
@@ -51,6 +54,15 @@ class Pipeline:
     dataset: str
     params: dict[str, Any]
     source: str = "defaults"
+
+    def __post_init__(self) -> None:
+        # both become parts of paths under the cache (the manifest, the store): one path component each
+        path = None if self.source == "defaults" else self.source
+        for key in ("name", "dataset"):
+            try:
+                check_name(getattr(self, key), f"key {key!r}")
+            except ConfigError as exc:
+                raise ConfigError(exc.message, path=path) from None
 
     def config(self) -> dict[str, Any]:
         """Plain-JSON view of every stage's params (stage -> param -> value)."""
@@ -111,8 +123,10 @@ def load_pipeline(spec: str | Path | None = None, *, dataset: str = "ubfc") -> P
     Raises
     ------
     ConfigError
-        Unknown name, unreadable YAML, unknown stage or parameter, or a bad value; the message names
-        the file and the stage and parameter.
+        Unknown name, unreadable YAML, a top-level key other than ``name``, ``dataset`` and ``stages``
+        (e.g. a stage section outside ``stages:``), a ``name`` or ``dataset`` that is not a plain name
+        (:func:`rppg_prep.store.check_name`), unknown stage or parameter, or a bad value (a wrong
+        type, a non-finite number); the message names the file and the key.
     """
     from rppg_prep.datasets import LOADERS
 
@@ -136,8 +150,16 @@ def load_pipeline(spec: str | Path | None = None, *, dataset: str = "ubfc") -> P
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("a pipeline config is a mapping with name, dataset and stages", path=path)
         raw.update(loaded or {})
+    if path is not None:
+        _check_top_level(loaded or {}, path)
     stages_cfg = raw.get("stages") or {}
-    unknown = sorted(set(stages_cfg) - set(ORDER))
+    if not isinstance(stages_cfg, dict):
+        raise ConfigError(f"key 'stages' must be a mapping of stage: {{param: value}}, got {stages_cfg!r}",
+                          path=path)
+    for name, section in stages_cfg.items():
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"stages.{name} must be a mapping of param: value, got {section!r}", path=path)
+    unknown = sorted(set(stages_cfg) - set(ORDER), key=str)
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown} in pipeline {raw['name']!r}; stages: {list(ORDER)}", path=path)
     params = {}
@@ -146,5 +168,24 @@ def load_pipeline(spec: str | Path | None = None, *, dataset: str = "ubfc") -> P
             params[name] = params_from_dict(STAGES[name].params, stages_cfg.get(name))
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"stage {name}: {exc}", path=path) from None
-    return Pipeline(name=str(raw["name"]), dataset=str(raw["dataset"]), params=params,
+    return Pipeline(name=raw["name"], dataset=raw["dataset"], params=params,
                     source=str(path) if path is not None else "defaults")
+
+
+#: the keys of a pipeline config's top level
+TOP_LEVEL = ("name", "dataset", "stages")
+
+
+def _check_top_level(loaded: dict[str, Any], path: Path) -> None:
+    """Refuse a top-level key that is not one of :data:`TOP_LEVEL` (a misplaced stage, a typo)."""
+    import difflib
+
+    for key in loaded:
+        if key in TOP_LEVEL:
+            continue
+        if key in STAGES:
+            hint = f"{key!r} is a stage: its section goes under 'stages:'"
+        else:
+            close = difflib.get_close_matches(str(key), TOP_LEVEL, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"the top level holds only {list(TOP_LEVEL)}"
+        raise ConfigError(f"unknown top-level key {key!r}: {hint}", path=path)

@@ -313,26 +313,43 @@ def params_from_dict(cls: type, values: dict[str, Any] | None) -> Any:
     Raises
     ------
     ValueError
-        Unknown keys (the message lists the valid ones) or values that cannot be cast.
+        Unknown keys (the message lists the valid ones), or a value of the wrong type for its field
+        (the type of the field's default: a string or a boolean for a number, a non-integral number
+        for an integer, a list of another length for a tuple) or a non-finite number (``.nan``,
+        ``.inf``); the message names the parameter.
     """
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {cls.__name__}; valid: {sorted(fields)}")
     defaults = cls()
-    out = {}
-    for name, value in values.items():
-        default = getattr(defaults, name)
-        if isinstance(default, bool):
-            out[name] = bool(value)
-        elif isinstance(default, float):
-            out[name] = float(value)
-        elif isinstance(default, int):
-            out[name] = int(value)
-        elif isinstance(default, tuple):
-            same = len(value) == len(default)
-            out[name] = tuple(type(d)(v) for d, v in zip(default, value)) if same else tuple(value)
-        else:
-            out[name] = value
-    return cls(**out)
+    return cls(**{name: _cast(name, getattr(defaults, name), value) for name, value in values.items()})
+
+
+def _cast(name: str, default: Any, value: Any) -> Any:
+    """``value`` as the type of ``default`` (a config value of param ``name``), or a ValueError."""
+    def bad(kind: str) -> ValueError:
+        return ValueError(f"{name} must be {kind}, got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        if not math.isfinite(value):
+            raise bad("a finite number")
+        if isinstance(default, float):
+            return float(value)
+        if not float(value).is_integer():
+            raise bad("a whole number")
+        return int(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise bad(f"a list of {len(default)} values")
+        return tuple(_cast(f"{name}[{i}]", d, v) for i, (d, v) in enumerate(zip(default, value)))
+    if isinstance(default, str) and not isinstance(value, str):
+        raise bad("a string")
+    return value

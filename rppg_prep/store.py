@@ -7,19 +7,24 @@ Layout (under the cache root)::
     <dataset>.builds/<pipeline>.json        manifest: subject -> stage -> node, status, config
     fingerprints.json                       sha256 of raw inputs, memoised on (path, size, mtime_ns)
     .partial/                               nodes being written (never read)
+    .replaced/                              an old node parked while a replace's two renames run
 
 A node is written under ``.partial/`` and renamed into place only after its last array and its
 ``complete`` attribute are written (zarr's own ``_atomic_write`` idea, at directory level), so a crash
-leaves the old node or none, never a half node that looks finished.
+leaves the old node or none, never a half node that looks finished. Replacing a node (``--force``, or a
+damaged one in the way) is crash-safe too (:meth:`NodeWriter.commit`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from filelock import FileLock
 
-from rppg_prep.errors import StoreError
+from rppg_prep.errors import ConfigError, StoreError
 
 __all__ = [
     "NodeWriter",
@@ -47,6 +52,13 @@ __all__ = [
     "dataset_store",
     "node_lock",
     "file_lock",
+    "build_lock",
+    "holding_build_lock",
+    "gc_lock",
+    "check_name",
+    "check_path_part",
+    "restore_replaced",
+    "recover_replaced",
 ]
 
 #: zstd level 1 with bit-shuffle: the best speed/size trade-off measured on decoded video frames
@@ -55,6 +67,72 @@ SIGNAL_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
 
 if TYPE_CHECKING:  # zarr is imported where nodes are opened or written: a no-op rebuild only reads JSON
     import zarr
+
+
+#: what a dataset or pipeline name may be: one path component, so that it can never leave the cache
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(value: Any, what: str) -> str:
+    """``value`` if it is a safe dataset or pipeline name, else a :class:`ConfigError`.
+
+    The one check of every name that becomes part of a path under the cache: letters, digits,
+    ``.``, ``_`` and ``-`` only, and not ``.`` or ``..`` (so never a separator, an absolute path
+    or a way out of the cache).
+
+    Parameters
+    ----------
+    value : Any
+        The name.
+    what : str
+        What it names, for the message (e.g. ``"pipeline name"``).
+
+    Returns
+    -------
+    str
+        ``value``.
+
+    Raises
+    ------
+    ConfigError
+        ``value`` is not a string, or not such a name.
+    """
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value in (".", ".."):
+        raise ConfigError(f"{what} must be letters, digits, '.', '_' or '-' (and not '.' or '..'), got {value!r}")
+    return value
+
+
+def check_path_part(kind: str, value: Any) -> str:
+    """``value`` if it can be one folder name under the cache, else a :class:`ConfigError`.
+
+    The check of every subject id before it becomes a folder of the store. Subject ids come from
+    the dataset's own folder and file names, so spaces and non-ASCII letters are allowed (unlike
+    :func:`check_name`); what is refused is what would put a node somewhere else: an empty id,
+    ``.`` or ``..``, a path separator (``/`` or ``\\``) or a NUL character.
+
+    Parameters
+    ----------
+    kind : str
+        What the value is, for the message (e.g. ``"subject id"``).
+    value : Any
+        The would-be folder name.
+
+    Returns
+    -------
+    str
+        ``value``.
+
+    Raises
+    ------
+    ConfigError
+        ``value`` is not a string, or not a single, plain folder name.
+    """
+    if (not isinstance(value, str) or value.strip() in ("", ".", "..")
+            or any(c in value for c in ("/", "\\", "\0"))):
+        raise ConfigError(f"{kind} {value!r} cannot be a folder name in the store (it is empty, '.' or '..', or "
+                          "holds a path separator or NUL); a dataset root given as '.' or '..' is resolved to "
+                          "its real folder name, so rename the folder or pass its full path as --root")
+    return value
 
 
 def dataset_store(cache: str | Path, dataset: str) -> Path:
@@ -71,8 +149,13 @@ def dataset_store(cache: str | Path, dataset: str) -> Path:
     -------
     Path
         ``cache/<dataset>.zarr``.
+
+    Raises
+    ------
+    ConfigError
+        ``dataset`` is not a safe name (:func:`check_name`).
     """
-    return Path(cache) / f"{dataset}.zarr"
+    return Path(cache) / f"{check_name(dataset, 'dataset name')}.zarr"
 
 
 def node_path(cache: str | Path, dataset: str, subject: str, stage: str, key: str) -> Path:
@@ -91,8 +174,15 @@ def node_path(cache: str | Path, dataset: str, subject: str, stage: str, key: st
     -------
     Path
         ``cache/<dataset>.zarr/<subject>/<stage>-<key[:12]>``.
+
+    Raises
+    ------
+    ConfigError
+        ``subject`` or ``stage`` is not one plain folder name (:func:`check_path_part`): a node
+        never lands beside the subjects' folders or outside the store.
     """
-    return dataset_store(cache, dataset) / subject / f"{stage}-{key[:12]}"
+    return (dataset_store(cache, dataset) / check_path_part("subject id", subject)
+            / f"{check_path_part('stage name', stage)}-{key[:12]}")
 
 
 @contextlib.contextmanager
@@ -219,7 +309,7 @@ def open_node(path: str | Path) -> zarr.Group:
         If there is no complete node at ``path``.
     """
     path = Path(path)
-    if not node_exists(path):
+    if not node_exists(path) and not (restore_replaced(path) and node_exists(path)):
         raise StoreError("no complete node here; run `rppg-prep build` first", path=path)
     import zarr
 
@@ -295,7 +385,28 @@ class NodeWriter:
             self.arrays[name].append(np.asarray(data), axis=0)
 
     def commit(self) -> Path:
-        """Write the provenance attributes with ``complete=True`` last, then move the node into place."""
+        """Write the provenance attributes with ``complete=True`` last, then move the node into place.
+
+        The caller holds the node's lock (:func:`node_lock`; the build does). Three cases:
+
+        * nothing at ``final``: one rename puts the finished folder there;
+        * a complete node at ``final`` and no ``replace``: it is kept (same key, same content)
+          and the new folder is dropped;
+        * ``replace`` (``--force``), or a folder at ``final`` that is not a complete node (a
+          damaged one, e.g. a truncated ``zarr.json``, which :func:`node_exists` rejects): the new
+          node takes its place.
+
+        Replacing is crash-safe. On Linux it is one atomic ``renameat2(RENAME_EXCHANGE)`` of the
+        two folders: readers and crashes see the old node or the new one; the old one, now at the
+        temporary path under ``.partial/``, is then deleted (after a crash there, ``gc`` deletes
+        it). Where that call is missing or refused (another OS, NFS, or
+        ``RPPG_PREP_RENAME_EXCHANGE=0``), it is two renames, and in between the old node waits
+        under ``cache/.replaced/`` (its path relative to the cache, with the key appended), never
+        under ``.partial/`` where ``gc`` would delete it. An error in the second rename puts it
+        back at once; after a crash there, the next :func:`open_node` of that node, the next
+        build's plan or ``gc`` puts it back (:func:`restore_replaced`). A backup the new node
+        supersedes is dropped by the commit.
+        """
         self.attrs["wall_s"] = round(time.perf_counter() - self._t0, 3)
         self.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.attrs["bytes"] = sum(f.stat().st_size for f in self.tmp.rglob("*") if f.is_file())
@@ -306,23 +417,40 @@ class NodeWriter:
         self.group.attrs.update(self.attrs)
         _ensure_group(self.final.parents[1], {"rppg_prep": "dataset store"})
         _ensure_group(self.final.parent, {"subject": self.final.parent.name})
-        if self.final.exists() and self.replace:
-            old = self.tmp.with_name(self.tmp.name + ".old")
-            os.rename(self.final, old)
-            os.rename(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-            return self.final
-        if self.final.exists():
+        if self.final.exists() and not self.replace and node_exists(self.final):
             # same key means same content: another build got there first
             shutil.rmtree(self.tmp, ignore_errors=True)
-            return self.final
+        elif self.final.exists():  # --force, or a damaged node in the way
+            self._replace()
+        else:
+            try:
+                os.rename(self.tmp, self.final)
+            except OSError:
+                if not node_exists(self.final):
+                    raise
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        for backup in _backups(self.final):  # an interrupted replace's old node: superseded now
+            _drop_backup(backup)
+        return self.final
+
+    def _replace(self) -> None:
+        """Swap the finished node in for whatever is at ``final`` (see :meth:`commit`)."""
+        if _exchange(self.tmp, self.final):
+            _inject_fault("crash-replace", self.attrs)
+            _remove(self.tmp)  # the old node, swapped out
+            return
+        backup = _backup_path(self.final, str(self.attrs.get("key", "")))
+        _remove(backup)
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.final, backup)
+        _inject_fault("crash-replace", self.attrs)
         try:
             os.rename(self.tmp, self.final)
-        except OSError:
-            if not node_exists(self.final):
-                raise
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        return self.final
+        except BaseException:
+            os.rename(backup, self.final)
+            _drop_backup(backup)  # the emptied folders
+            raise
+        _drop_backup(backup)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -339,11 +467,138 @@ class NodeWriter:
 
 def _inject_fault(kind: str, attrs: dict[str, Any]) -> None:
     """Fault injection for the tests and ``benchmarks/faults.py``: ``RPPG_PREP_FAULT=enospc:<stage>:<subject>``
-    makes writing that node fail as a full disk would."""
+    makes writing that node fail as a full disk would; ``crash-replace:<stage>:<subject>`` kills the
+    process (SIGKILL) in the middle of replacing that node (:meth:`NodeWriter.commit`)."""
     if os.environ.get("RPPG_PREP_FAULT", "") == f"{kind}:{attrs.get('stage')}:{attrs.get('subject')}":
-        import errno
+        if kind == "crash-replace":
+            import signal
 
+            os.kill(os.getpid(), signal.SIGKILL)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the two existing paths ``a`` and ``b`` in one atomic step (Linux ``renameat2``).
+
+    Returns
+    -------
+    bool
+        False where the call is unavailable (not Linux, no glibc symbol, a filesystem that refuses
+        it, or ``RPPG_PREP_RENAME_EXCHANGE=0``): nothing was changed, rename another way.
+
+    Raises
+    ------
+    OSError
+        The swap failed for another reason (e.g. a path is missing).
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("RPPG_PREP_RENAME_EXCHANGE", "1") == "0":
+        return False
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _backup_path(final: Path, key: str) -> Path:
+    """Where :meth:`NodeWriter.commit` parks the node it replaces.
+
+    ``cache/.replaced/<dataset>.zarr/<subject>/<node>.<key>``: outside ``.partial/`` (``gc``).
+    """
+    cache = final.parents[2]
+    return cache / ".replaced" / final.relative_to(cache).parent / f"{final.name}.{key}"
+
+
+def _drop_backup(backup: Path) -> None:
+    """Delete a parked old node and the folders under ``cache/.replaced`` it leaves empty."""
+    _remove(backup)
+    for folder in list(backup.parents)[:3]:  # <subject>, <dataset>.zarr, .replaced
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone)
+            break
+
+
+def _backups(final: Path) -> list[Path]:
+    if len(final.parents) < 3:  # not a node path (cache/<dataset>.zarr/<subject>/<node>)
+        return []
+    folder = _backup_path(final, "").parent
+    return sorted(folder.glob(f"{final.name}.*")) if folder.is_dir() else []
+
+
+def restore_replaced(final: str | Path) -> bool:
+    """Finish a replace of node ``final`` that a crash interrupted between its two renames.
+
+    When nothing is at ``final`` and :meth:`NodeWriter.commit` left the old node under
+    ``cache/.replaced/``, the old node is renamed back into place; when a node is at ``final``, the
+    backup is superseded and deleted. Skipped while a build holds the node's lock (it is writing it).
+
+    Parameters
+    ----------
+    final : str or Path
+        A node folder (:func:`node_path`).
+
+    Returns
+    -------
+    bool
+        True when a node was put back at ``final``.
+    """
+    final = Path(final)
+    found = _backups(final)
+    if not found:
+        return False
+    key = found[-1].name.split(".", 1)[1]
+    try:
+        lock = node_lock(final.parents[2], key, timeout_s=0) if key else contextlib.nullcontext()
+        with lock:
+            if final.exists():
+                for backup in found:
+                    _drop_backup(backup)
+                return False
+            os.rename(found[-1], final)
+            _drop_backup(found[-1])  # only its emptied parent folders are left to remove
+            return True
+    except Exception:  # a build holds the lock, or the cache is read-only: leave it to the next try
+        return False
+
+
+def recover_replaced(cache: str | Path) -> list[Path]:
+    """:func:`restore_replaced` for every node an interrupted replace left under ``cache/.replaced/``.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+
+    Returns
+    -------
+    list of Path
+        The nodes put back in place.
+    """
+    parked = Path(cache) / ".replaced"
+    if not parked.is_dir():
+        return []
+    finals = {p.parent.relative_to(parked) / p.name.split(".", 1)[0] for p in parked.glob("*/*/*")}
+    return [Path(cache) / f for f in sorted(finals) if restore_replaced(Path(cache) / f)]
 
 
 class Appender:
@@ -417,6 +672,113 @@ def file_lock(path: str | Path) -> FileLock:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path.with_name(path.name + ".lock")))
+
+
+# The cache's use lock: builds share the cache, `gc` takes it alone. filelock has no shared mode, so
+# every build holds a lock file of its own, ``.locks/builds/<pid>-<random>.lock``, and ``.locks/gc.lock``
+# is exclusive: a build takes it only while it creates its own lock (so it waits while a gc runs),
+# and gc holds it for its whole run and refuses while any build lock is held. Locks are OS file
+# locks: a killed build releases its lock, and gc deletes the lock file it left.
+
+def _use_locks(cache: str | Path) -> tuple[Path, Path]:
+    locks = Path(cache) / ".locks"
+    (locks / "builds").mkdir(parents=True, exist_ok=True)
+    return locks / "gc.lock", locks / "builds"
+
+
+@contextlib.contextmanager
+def build_lock(cache: str | Path) -> Iterator[Path]:
+    """Hold the cache for a build (shared with other builds; ``gc`` refuses to run meanwhile).
+
+    Everything that writes nodes and records them in a manifest afterwards holds it from before
+    it plans until it has recorded them (:func:`rppg_prep.dag.run_build`, ST2S's derived nodes).
+    Waits while a ``gc`` runs.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+
+    Yields
+    ------
+    Path
+        This build's own lock file, ``cache/.locks/builds/<pid>-<random>.lock``.
+    """
+    gc_path, builds = _use_locks(cache)
+    mine = FileLock(str(builds / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.lock"))
+    with FileLock(str(gc_path)):  # not while a gc runs
+        mine.acquire()
+    try:
+        yield Path(mine.lock_file)
+    finally:
+        mine.release()
+        Path(mine.lock_file).unlink(missing_ok=True)
+
+
+def holding_build_lock(fn: Callable) -> Callable:
+    """Decorator: run ``fn`` under :func:`build_lock` of its ``cache`` argument.
+
+    Parameters
+    ----------
+    fn : callable
+        A function with a parameter named ``cache``.
+
+    Returns
+    -------
+    callable
+        ``fn`` with the same signature and docstring.
+    """
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with build_lock(sig.bind(*args, **kwargs).arguments["cache"]):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def gc_lock(cache: str | Path) -> Iterator[None]:
+    """Hold the cache alone, for ``gc``: no build runs meanwhile, and none starts until it is released.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+
+    Yields
+    ------
+    None
+
+    Raises
+    ------
+    CacheBusyError
+        A build holds the cache (its lock file is named); nothing was done.
+    """
+    from filelock import Timeout
+
+    from rppg_prep.errors import CacheBusyError
+
+    gc_path, builds = _use_locks(cache)
+    with FileLock(str(gc_path)):  # another gc: wait for it
+        busy = []
+        for path in sorted(builds.glob("*.lock")):
+            try:
+                with FileLock(str(path), timeout=0):
+                    pass
+            except Timeout:
+                busy.append(path)
+                continue
+            path.unlink(missing_ok=True)  # left by a build that was killed
+        if busy:
+            pids = sorted({p.name.split("-", 1)[0] for p in busy})
+            raise CacheBusyError(f"{len(busy)} build(s) are using this cache (process {', '.join(pids)}; lock "
+                                 f"{busy[0]}); gc removed nothing. Run it again when they have finished")
+        yield
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -145,6 +145,8 @@ def test_gc_removes_what_no_manifest_references(root, clean, tmp_path):
     old = [cache / rec["nodes"]["labels"]["path"] for rec in clean[1]["subjects"].values()]
     old_bytes = sum(f.stat().st_size for d in old for f in d.rglob("*") if f.is_file())
     res = CliRunner().invoke(main, ["gc", "--cache", str(cache)])
+    assert res.exit_code == 0 and "0 node(s)" in res.output  # superseded, still listed: kept until told
+    res = CliRunner().invoke(main, ["gc", "--cache", str(cache), "--all-stale"])
     assert res.exit_code == 0 and f"3 node(s), {old_bytes} bytes" in res.output
     assert not any(d.exists() for d in old)
     assert len(list(cache.glob("ubfc.zarr/*/labels-*"))) == 3

@@ -174,3 +174,26 @@ def test_patience_with_a_validation_score_that_is_never_finite_stops_without_err
               device="cpu", progress=False)
     assert res["best_step"] is None
     assert len(res["losses"]) == 2 and [r["step"] for r in res["val"]] == [1, 2]
+
+
+def test_cnn3d_fine_tuning_on_real_clips_keeps_the_best_validated_state(real_build, tmp_path, two_threads):
+    """The optional fine-tuning step (a deviation from the paper): validated from step 0, best state kept."""
+    from rppg_models import cnn3d
+    from rppg_models.evaluate import load_checkpoint
+    from rppg_models.train import finetune_cnn3d
+
+    _, cache, _ = real_build
+    torch.manual_seed(0)
+    model = cnn3d.Cnn3d()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = finetune_cnn3d(model, cache, "ubfc", "ubfc", subjects=["subject12"], val_subjects=["subject11"], steps=4,
+                         batch=4, lr=1e-3, val_every=2, device="cpu", out=tmp_path, pretrain={"steps": 0})
+    steps = [v["step"] for v in res["val"]]
+    assert steps == [0, 2, 4] and all(math.isfinite(v["hr_mae"]) for v in res["val"])
+    best = min(res["val"], key=lambda v: v["hr_mae"])
+    assert res["best_step"] == best["step"]
+    unchanged = all(torch.equal(before[k], v) for k, v in res["model"].state_dict().items())
+    assert unchanged == (res["best_step"] == 0)  # step 0 best: the model as given comes back
+    net, ckpt = load_checkpoint(res["checkpoint"], "cpu")
+    assert ckpt["family"] == "cnn3d" and ckpt["subjects"] == ["subject12"]
+    assert ckpt["config"]["finetune"]["val_subjects"] == ["subject11"]

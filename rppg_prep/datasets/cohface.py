@@ -97,8 +97,8 @@ def read_truth(subject: Subject) -> Truth:
     Raises
     ------
     GroundTruthError
-        Missing or unreadable (not HDF5) file, no ``pulse`` dataset, fewer than 2 or non-finite
-        samples, a ``time`` of another length than ``pulse`` or running backwards; the message
+        Missing or unreadable (not HDF5) file, no ``pulse`` dataset, fewer than 2 samples, a
+        ``time`` of another length than ``pulse`` or running backwards; the message
         names the subject and file.
     """
     import h5py
@@ -121,8 +121,8 @@ def read_truth(subject: Subject) -> Truth:
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise GroundTruthError(f"cannot read as HDF5 with a numeric 'pulse' ({exc})", subject=subject.id,
                                path=path) from None
-    if ppg.size < 2 or not np.all(np.isfinite(ppg)):
-        raise GroundTruthError(f"too few ({ppg.size}) or non-finite pulse samples", subject=subject.id, path=path)
+    if ppg.size < 2:  # non-finite samples: rppg_prep.datasets.check_truth, the rule of every loader
+        raise GroundTruthError(f"too few ({ppg.size}) pulse samples", subject=subject.id, path=path)
     notes = []
     if ts is None:
         notes.append(f"data.hdf5 has no 'time'; pulse sample i taken at i / {PULSE_FS_HZ:g} s")

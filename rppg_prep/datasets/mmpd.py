@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
+from rppg_prep.datasets import Subject, Truth, check_subjects, natural_key
 from rppg_prep.datasets._mat73 import as_vector, h5_video_source, open_v73, video_axes
 from rppg_prep.errors import DatasetLayoutError, GroundTruthError, VideoDecodeError
 
@@ -102,7 +102,7 @@ def find_subjects(root: str | Path) -> list[Subject]:
             raise DatasetLayoutError(f"two recordings share the id {p.stem!r}: {seen[p.stem]} and {p}", path=root)
         seen[p.stem] = p
     files.sort(key=lambda p: natural_key(p.stem))
-    return [Subject(NAME, p.stem, p, (p,), "") for p in files]
+    return check_subjects([Subject(NAME, p.stem, p, (p,), "") for p in files], root)
 
 
 def _is_v73(path: Path, subject: str, error: type) -> bool:
@@ -247,7 +247,8 @@ def read_truth(subject: Subject) -> Truth:
     ------
     GroundTruthError
         The file is missing, not a readable MATLAB file, or ``GT_ppg`` is missing, not a numeric
-        vector, shorter than 2 samples or not finite; the message names subject and file.
+        vector or shorter than 2 samples; the message names subject and file. Non-finite samples
+        meet the rule of every loader (:func:`rppg_prep.datasets.check_truth`) when the build reads it.
     """
     path = subject.truth[0]
     values, n_frames, present = _read(subject, [PPG_VAR, *ATTRIBUTES])
@@ -259,9 +260,8 @@ def read_truth(subject: Subject) -> Truth:
     if ppg is None:
         raise GroundTruthError(f"{PPG_VAR!r} has shape {np.shape(raw)} and dtype {np.asarray(raw).dtype}; expected "
                                "a numeric vector", subject=subject.id, path=path)
-    if ppg.size < 2 or not np.all(np.isfinite(ppg)):
-        raise GroundTruthError(f"{PPG_VAR!r} has too few ({ppg.size}) or non-finite samples", subject=subject.id,
-                               path=path)
+    if ppg.size < 2:  # non-finite samples: rppg_prep.datasets.check_truth, the rule of every loader
+        raise GroundTruthError(f"{PPG_VAR!r} has too few ({ppg.size}) samples", subject=subject.id, path=path)
     notes = []
     attrs = {k: values[k] for k in ATTRIBUTES if k in values}
     if attrs:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
+from rppg_prep.datasets import Subject, Truth, check_subjects, natural_key
 from rppg_prep.errors import DatasetLayoutError, GroundTruthError, VideoDecodeError
 
 NAME = "mmse-hr"
@@ -146,7 +146,7 @@ def find_subjects(root: str | Path) -> list[Subject]:
                                     (_named(phys, BP_FILE), _named(phys, HR_FILE)), tag))
     if not subjects:
         raise DatasetLayoutError(f"no MMSE-HR task folders found. {LAYOUT}", path=root)
-    return subjects
+    return check_subjects(subjects, root)
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -277,7 +277,8 @@ def read_truth(subject: Subject) -> Truth:
         file.
     """
     bp_path, hr_path = subject.truth[0], subject.truth[1]
-    bp = read_column(bp_path, subject, "blood-pressure waveform (mmHg)")
+    # nan samples: the rule of every loader (rppg_prep.datasets.check_truth) bridges and flags or fails them
+    bp = read_column(bp_path, subject, "blood-pressure waveform (mmHg)", allow_nan=True)
     t = np.arange(bp.size) / PHYS_HZ
     notes: list[str] = []
     files = frame_files(Path(subject.video))

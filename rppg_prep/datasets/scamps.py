@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
+from rppg_prep.datasets import Subject, Truth, check_subjects, natural_key
 from rppg_prep.datasets._mat73 import as_vector, h5_video_source, open_v73
 from rppg_prep.errors import DatasetLayoutError, GroundTruthError, VideoDecodeError
 
@@ -83,7 +83,7 @@ def find_subjects(root: str | Path) -> list[Subject]:
     files = sorted(named or mats, key=lambda p: natural_key(p.name))
     if not files:
         raise DatasetLayoutError(f"no SCAMPS .mat files found. {LAYOUT}", path=root)
-    return [Subject(NAME, p.stem, p, (p,), "v7.3") for p in files]
+    return check_subjects([Subject(NAME, p.stem, p, (p,), "v7.3") for p in files], root)
 
 
 def open_frames(subject: Subject):
@@ -131,7 +131,8 @@ def read_truth(subject: Subject) -> Truth:
     ------
     GroundTruthError
         The file is missing, not HDF5, truncated or corrupt; ``d_ppg`` is missing, not a vector,
-        shorter than 2 samples or not finite. The message names the subject and file.
+        or shorter than 2 samples. The message names the subject and file. Non-finite samples meet the
+        rule of every loader (:func:`rppg_prep.datasets.check_truth`) when the build reads it.
     """
     import h5py
 
@@ -151,7 +152,6 @@ def read_truth(subject: Subject) -> Truth:
     if ppg is None:
         raise GroundTruthError(f"{PPG_VAR!r} has shape {np.shape(raw)} and dtype {np.asarray(raw).dtype}; expected "
                                "a numeric vector", subject=subject.id, path=path)
-    if ppg.size < 2 or not np.all(np.isfinite(ppg)):
-        raise GroundTruthError(f"{PPG_VAR!r} has too few ({ppg.size}) or non-finite samples", subject=subject.id,
-                               path=path)
+    if ppg.size < 2:  # non-finite samples: rppg_prep.datasets.check_truth, the rule of every loader
+        raise GroundTruthError(f"{PPG_VAR!r} has too few ({ppg.size}) samples", subject=subject.id, path=path)
     return Truth(ppg=ppg, t_s=np.arange(ppg.size) / FPS, hr_bpm=None, frame_locked=True)

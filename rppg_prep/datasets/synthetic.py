@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
+from rppg_prep.datasets import Subject, Truth, check_subjects, natural_key
 from rppg_prep.errors import DatasetLayoutError, GroundTruthError, VideoDecodeError
 
 NAME = "synthetic"
@@ -130,7 +130,7 @@ def find_subjects(root: str | Path) -> list[Subject]:
         subjects.append(Subject(NAME, folder.name, folder / "frames.npy", (folder / "truth.csv",), hr))
     if not subjects:
         raise DatasetLayoutError(f"no class folders c<NN> found. {LAYOUT}", path=root)
-    return subjects
+    return check_subjects(subjects, root)
 
 
 def open_frames(subject: Subject):

@@ -13,7 +13,10 @@ with the frames by index, and line 3, re-based to 0, is the frame clock of every
 The container's timestamps are not used for the labels: the recorder captured irregularly (gaps up
 to 0.75 s) while the AVI plays its frames at a constant rate, so the container clock drifts from
 line 3 by up to 0.5 s within a video (``../shared/data/README.md``); it stays in ``decode/t_s``.
-A sample count one less than the frame count is accepted and noted.
+A sample count one less than the frame count is accepted and noted. Line 3 must be these frames'
+capture times in seconds: a rate more than 20 % from the container's fps, or a drift of more than
+20 % of the video's duration, fails the subject naming the file (timestamps in ms, another
+recording's); so do timestamps that are not numbers or never advance (never "repaired").
 
 DATASET_1: ``<root>/<name>/vid*.avi`` and ``gtdump.xmp``, a headerless CSV with columns time (ms),
 HR (bpm), SpO2 (%), PPG (a.u.) at about 62 Hz, started with the video: a clock of its own, so the
@@ -110,7 +113,8 @@ def repair_clock(t_s: np.ndarray) -> tuple[np.ndarray, int]:
     Raises
     ------
     ValueError
-        If the clock runs backwards.
+        If a time is not a finite number (it would be "repaired" into a made-up time), if the
+        clock never advances (every time equal), or if it runs backwards.
 
     Examples
     --------
@@ -118,10 +122,16 @@ def repair_clock(t_s: np.ndarray) -> tuple[np.ndarray, int]:
     [0.0, 1.0, 1.5, 2.0]
     """
     t_s = np.asarray(t_s, dtype=np.float64)
+    bad = ~np.isfinite(t_s)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"timestamp of sample {i + 1} is not a number ({t_s[i]})")
     d = np.diff(t_s)
     if np.any(d < 0):
         i = int(np.argmax(d < 0))
         raise ValueError(f"timestamps run backwards at sample {i + 1} ({t_s[i]:.3f} s -> {t_s[i + 1]:.3f} s)")
+    if t_s.size >= 2 and not np.any(d > 0):
+        raise ValueError(f"the clock never advances: all {t_s.size} timestamps are equal")
     if t_s.size < 2 or np.all(d > 0):
         return t_s, 0
     first = np.concatenate([[True], d > 0])
@@ -194,13 +204,13 @@ def _read_dataset2(subject: Subject, path: Path) -> Truth:
         raise GroundTruthError(
             f"lines differ in length (PPG {len(ppg)}, HR {len(hr)}, timestamps {len(ts)})",
             subject=subject.id, path=path)
-    if len(ppg) < 2 or not np.all(np.isfinite(ppg)) or not np.all(np.isfinite(ts)):
-        raise GroundTruthError("too few or non-finite samples", subject=subject.id, path=path)
+    if len(ppg) < 2:  # non-finite PPG samples: rppg_prep.datasets.check_truth, the rule of every loader
+        raise GroundTruthError(f"too few samples ({len(ppg)}); need at least 2", subject=subject.id, path=path)
     notes = []
     try:
         t, n_fixed = repair_clock(ts - ts[0])
     except ValueError as exc:
-        raise GroundTruthError(str(exc), subject=subject.id, path=path) from None
+        raise GroundTruthError(f"line 3 (timestamps): {exc}", subject=subject.id, path=path) from None
     if n_fixed:
         notes.append(f"{n_fixed} repeated timestamps spread evenly")
     if ts[0] != 0:
@@ -226,7 +236,7 @@ def _read_dataset1(subject: Subject, path: Path) -> Truth:
     try:
         t, n_fixed = repair_clock((data[:, 0] - data[0, 0]) / 1000.0)
     except ValueError as exc:
-        raise GroundTruthError(str(exc), subject=subject.id, path=path) from None
+        raise GroundTruthError(f"column 1 (time ms): {exc}", subject=subject.id, path=path) from None
     if n_fixed:
         notes.append(f"{n_fixed} repeated timestamps spread evenly")
     hr_m, n_masked = mask_device_hr(data[:, 1], t)
@@ -252,7 +262,12 @@ def read_truth(subject: Subject) -> Truth:
     ------
     GroundTruthError
         Missing file, wrong number of lines, non-numeric values, unequal line lengths, fewer than
-        2 samples, or a clock that runs backwards; the message names subject and file.
+        2 samples, or a clock with a timestamp that is not a number, that never advances (all
+        equal) or that runs backwards; the message names subject and file. The build then applies
+        the rule of every loader (:func:`rppg_prep.datasets.check_truth`: non-finite or flat PPG)
+        and the labels check line 3 against the video's clock
+        (:func:`rppg_prep.stages.labels.make_labels`: rate within 20 % of the fps, drift within 20 %
+        of the duration).
     """
     path = subject.truth[0]
     if subject.fmt == "DATASET_1":

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rppg_prep.datasets import Subject, Truth, natural_key
+from rppg_prep.datasets import Subject, Truth, check_subjects, natural_key
 from rppg_prep.errors import DatasetLayoutError, GroundTruthError, VideoDecodeError
 
 NAME = "vipl-hr"
@@ -109,7 +109,7 @@ def find_subjects(root: str | Path) -> list[Subject]:
                                         "NIR" if s.name in NIR_SOURCES else "RGB"))
     if not subjects:
         raise DatasetLayoutError(f"no VIPL-HR p<N>/v<M>/source<K> folders found. {LAYOUT}", path=root)
-    return subjects
+    return check_subjects(subjects, root)
 
 
 def _time_path(subject: Subject) -> Path:
@@ -206,8 +206,9 @@ def open_frames(subject: Subject):
     return src
 
 
-def _read_csv_column(path: Path, header: str, subject: Subject, what: str) -> tuple[np.ndarray, list[str]]:
-    """One-column CSV with a header line; returns float64 values and notes."""
+def _read_csv_column(path: Path, header: str, subject: Subject, what: str, *,
+                     allow_nan: bool = False) -> tuple[np.ndarray, list[str]]:
+    """One-column CSV with a header line; returns float64 values and notes (``nan`` entries kept if ``allow_nan``)."""
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
@@ -233,7 +234,7 @@ def _read_csv_column(path: Path, header: str, subject: Subject, what: str) -> tu
         except ValueError:
             raise GroundTruthError(f"line {k} is not a number ({s[:40]!r}); expected one {what} value per line",
                                    subject=subject.id, path=path) from None
-        if not np.isfinite(v):
+        if not (np.isfinite(v) or (allow_nan and np.isnan(v))):
             raise GroundTruthError(f"line {k} is not a finite number ({s[:40]!r})", subject=subject.id, path=path)
         values.append(v)
     return np.asarray(values, dtype=np.float64), notes
@@ -287,7 +288,8 @@ def read_truth(subject: Subject) -> Truth:
     from rppg_prep.datasets.ubfc import mask_device_hr
 
     wave_path, hr_path = subject.truth[0], subject.truth[1]
-    wave, notes = _read_csv_column(wave_path, "Wave", subject, "BVP")
+    # nan samples: the rule of every loader (rppg_prep.datasets.check_truth) bridges and flags or fails them
+    wave, notes = _read_csv_column(wave_path, "Wave", subject, "BVP", allow_nan=True)
     if wave.size < 2:
         raise GroundTruthError(f"{wave.size} BVP sample(s); at least 2 needed", subject=subject.id, path=wave_path)
     duration, more = _video_duration(subject)

@@ -76,6 +76,47 @@ class LabelParams:
 
 
 _W = ("window",)
+#: the capture clock (``Truth.capture_clock``) must run within this fraction of the container's fps
+CAPTURE_RATE_TOL = 0.20
+#: and stay within this fraction of the video's duration (n_frames / fps) of the container's clock at every frame
+CAPTURE_DRIFT_TOL = 0.20
+
+
+def _check_capture_clock(t_capture_s: np.ndarray, t_container_s: np.ndarray, n_logged: int, subject: str | None,
+                         path: str | None) -> float:
+    """Raise unless the logged capture clock agrees with the container's; return the drift, s.
+
+    The capture clock is the logger's, so it wanders (UBFC-rPPG: stalls up to 0.75 s, a drift of
+    0.16-0.50 s over a minute), but over the video its rate is the container's frame rate within
+    ``CAPTURE_RATE_TOL`` (20 %), and the two clocks are never more than ``CAPTURE_DRIFT_TOL`` (20 %)
+    of the video's duration (n_frames / fps) apart. A clock beyond that is not the capture time of
+    these frames in seconds: milliseconds (a 0.03-Hz "capture rate"), another recording's, or a
+    broken log (all-zero times are refused by the loader first).
+    """
+    n = len(t_container_s)
+    span = float(t_container_s[-1] - t_container_s[0])
+    m = min(n_logged, n)
+    if n < 2 or m < 2 or span <= 0:
+        return 0.0
+    fps = (n - 1) / span
+    logged = float(t_capture_s[m - 1] - t_capture_s[0])
+    rate = (m - 1) / logged if logged > 0 else 0.0
+    if not abs(rate / fps - 1.0) <= CAPTURE_RATE_TOL:
+        raise GroundTruthError(
+            f"the capture clock of the frames runs at {rate:.4g} Hz ({m} timestamps over {logged:.4g} s) but the "
+            f"video plays at {fps:.4g} fps, more than {100 * CAPTURE_RATE_TOL:.0f} % apart: the timestamps are "
+            "not these frames' capture times in seconds (milliseconds? another recording's?)",
+            subject=subject, path=path)
+    drift = float(np.max(np.abs((t_container_s - t_container_s[0]) - (t_capture_s - t_capture_s[0]))))
+    duration = n / fps
+    if drift > CAPTURE_DRIFT_TOL * duration:
+        raise GroundTruthError(
+            f"the capture clock of the frames drifts up to {drift:.2f} s from the video's clock over its "
+            f"{duration:.2f} s, more than {100 * CAPTURE_DRIFT_TOL:.0f} % of the video: the timestamps are not "
+            "these frames' capture times", subject=subject, path=path)
+    return drift
+
+
 def _check_cover(truth: Truth, t_frames_s: np.ndarray, max_missing: int, subject: str | None,
                  path: str | None) -> list[str]:
     """Raise if the PPG does not cover the video; notes on a sample count off by a little."""
@@ -183,13 +224,17 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     Raises
     ------
     GroundTruthError
-        If the PPG does not cover the video (more than ``max_missing_frames`` short).
+        If the PPG does not cover the video (more than ``max_missing_frames`` short), or a capture
+        clock disagrees with the container's: a rate more than ``CAPTURE_RATE_TOL`` (20 %) from
+        its fps, or the clocks more than ``CAPTURE_DRIFT_TOL`` (20 %) of the video's duration apart.
     """
     from rppg_prep import pulse  # scipy.signal: imported when labels are made, not when declared
 
     t_container_s = np.asarray(t_frames_s, dtype=np.float64)
     notes = _check_cover(truth, t_container_s, params.max_missing_frames, subject, path)
     t_frames_s, clock = frame_clock(truth, t_container_s)
+    if clock == "capture":  # before anything is computed on it
+        drift = _check_capture_clock(t_frames_s, t_container_s, len(truth.t_s), subject, path)
     n = len(t_frames_s)
     if truth.frame_locked:
         # sample i belongs to frame i: pair by index; resampling by time onto another clock would
@@ -242,7 +287,6 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
         notes.append("the frame clock is uneven (lost or repeated frames): window HR and SNR come from the "
                      f"contact signal resampled on an even {fps:.2f}-Hz grid over each window")
     if clock == "capture":
-        drift = float(np.max(np.abs((t_container_s - t_container_s[0]) - (t_frames_s - t_frames_s[0]))))
         notes.append(f"labels use the logged capture clock of the frames; the container's clock drifts from it "
                      f"by up to {drift:.2f} s")
     finite = np.isfinite(x_src)
