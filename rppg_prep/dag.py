@@ -51,7 +51,7 @@ from rppg_prep.build import (RUNNERS, NodePlan, SubjectResult, dir_bytes, enviro
                              video_pass)
 from rppg_prep.datasets import Subject
 from rppg_prep.pipeline import ORDER, STAGES, Pipeline
-from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
+from rppg_prep.errors import ConfigError, ManifestError, RppgPrepError, VideoDecodeError
 from rppg_prep.manifest import config_digest, forget_superseded, read_manifest, record_build, referenced_nodes
 from rppg_prep.store import gc_lock, holding_build_lock, node_attrs, node_bytes, node_exists, node_lock, open_node
 
@@ -532,7 +532,9 @@ def subject_status(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[
     """
     try:
         rec = read_manifest(cache, pipe.dataset, pipe.name).get("subjects", {}).get(subject.id, {})
-    except RppgPrepError:
+    except ManifestError as exc:  # a manifest that does not validate is reported, never read as "no record"
+        return {s: ("failed", str(exc)) for s in ORDER}
+    except RppgPrepError:  # no build yet
         rec = {}
     try:
         plan = plan_subject(pipe, subject, cache)

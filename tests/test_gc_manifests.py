@@ -263,7 +263,7 @@ def test_verify_repair_never_touches_a_folder_outside_the_cache(cache, tmp_path)
 
 
 @pytest.mark.parametrize("how", ["absolute", "dotdot", "other-subject", "other-key"])
-def test_every_reader_refuses_a_node_path_that_is_not_its_own(cache, tmp_path, how):
+def test_every_reader_refuses_a_node_path_that_is_not_its_own(root, cache, tmp_path, how):
     import rppg_prep
     from rppg_models.data import ClipDataset
     from rppg_prep.errors import RppgPrepError
@@ -282,6 +282,8 @@ def test_every_reader_refuses_a_node_path_that_is_not_its_own(cache, tmp_path, h
         ClipDataset(cache, "ubfc", "ubfc")
     for args in (["gc"], ["gc", "--all-stale"], ["verify"], ["verify", "--repair"]):
         _clean_exit(CliRunner().invoke(main, [*args, "--cache", str(cache)]))
+    status = CliRunner().invoke(main, ["status", "ubfc", "--root", str(root), "--cache", str(cache)])
+    assert status.exit_code == 1 and "stage 'labels'" in " ".join(status.output.split()), status.output
     assert _nodes(cache) == before and (victim / "thesis.txt").exists()
 
 
