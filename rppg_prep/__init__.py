@@ -6,6 +6,7 @@ The public surface, imported on first use (``import rppg_prep`` stays cheap)::
     subjects = rppg_prep.get_loader(pipe.dataset).find_subjects(root)
     results = rppg_prep.run_build(pipe, subjects, "cache", root=root)
     nodes = rppg_prep.open_build("cache", pipe.dataset, pipe.name)  # subject -> stage -> zarr group
+    tree = rppg_prep.open_datatree("cache", pipe.dataset)         # xarray.DataTree (needs xarray)
 
 Training reads those stores through ``rppg_models.ClipDataset`` (the ``models/`` folder).
 """
@@ -25,6 +26,7 @@ _LAZY = {
     "load_pipeline": "rppg_prep.pipeline", "Pipeline": "rppg_prep.pipeline",
     "run_build": "rppg_prep.dag", "subject_status": "rppg_prep.dag", "gc": "rppg_prep.dag",
     "open_build": "rppg_prep.manifest", "read_manifest": "rppg_prep.manifest",
+    "open_datatree": "rppg_prep.datatree",
     "Stage": "rppg_prep.stage", "ArraySpec": "rppg_prep.stage",
     "get_loader": "rppg_prep.datasets", "Subject": "rppg_prep.subject", "Truth": "rppg_prep.subject",
 }

@@ -102,7 +102,8 @@ def _pipeline_options(fn):
     return click.argument("pipeline", default="ubfc")(fn)
 
 
-def _resolve(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], console):
+def _resolve(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], console,
+             generate: bool = True):
     from rppg_prep.datasets import get_loader
     from rppg_prep.errors import RppgPrepError
 
@@ -110,7 +111,7 @@ def _resolve(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
         pipe = load_pipeline_or_exit(pipeline)
         loader = get_loader(pipe.dataset)
         if root is None:
-            root = _default_root(pipe.dataset, cache, console)
+            root = _default_root(pipe.dataset, cache, console, generate=generate)
         found = loader.find_subjects(root)
     except (RppgPrepError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -161,8 +162,10 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
 
     Per subject: decode the video (frame times in s), track face landmarks (MediaPipe Face Mesh),
     crop stabilised 128x128 faces, cut clips (160 frames of 64x64 by default), make ST2S
-    spatiotemporal images (10-s segments, 3-px strips) and labels (the contact PPG on the video
-    clock, HR in bpm per window by Welch peak in 0.7-3.5 Hz, SNR in dB). Nodes whose key (params,
+    spatiotemporal images (10-s segments, 3-px strips) and labels (the contact PPG on the frame
+    clock: the logged capture times where the dataset has them, e.g. UBFC-rPPG line 3, else the
+    video's; HR in bpm per window as the median of the beats, the default label, and as the Welch
+    peak in 0.7-3.5 Hz; SNR in dB). Nodes whose key (params,
     code version, inputs) already exists are reused. Exit code 1 if any subject failed; every other
     subject is still built. A subject fails, naming its file, when its ground truth has a timestamp
     that is not a number, a capture clock (UBFC-rPPG line 3) more than 20 % from the video's fps or
@@ -227,7 +230,7 @@ def status(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, .
     Exit code 1 when anything is not fresh.
     """
     console = stderr_console()
-    pipe, root, found = _resolve(pipeline, root, cache, subjects, console)
+    pipe, root, found = _resolve(pipeline, root, cache, subjects, console, generate=False)
     if not _status_table(console, pipe, found, cache, title=f"status of {pipe.name} ({root})"):
         sys.exit(1)
 
@@ -255,10 +258,23 @@ def _status_table(console, pipe, subjects, cache: Path, title: str) -> bool:
     return all_fresh
 
 
+#: columns of ``evaluate --csv`` (the writer and the help both read this)
+SCORES_CSV_COLUMNS = ("subject", "window", "hr_pred_bpm", "hr_ref_bpm", "snr_db")
+#: ``--hr-label`` choices and default: models.data.HR_LABELS / DEFAULT_HR_LABEL (tests/test_help_truth.py)
+HR_LABELS, DEFAULT_HR_LABEL = ("beats", "welch"), "beats"
+
+
+def _roi_description() -> str:
+    from rppg_prep.roi import ROI_DESCRIPTION
+
+    return ROI_DESCRIPTION
+
+
 @main.command()
 @_pipeline_options
 @click.option("--method", type=click.Choice(["green", "chrom", "pos", "ica", "lgi", "pbv"]), default="pos",
-              show_default=True, help="Unsupervised rPPG method run on the forehead + cheek ROIs of the crops.")
+              show_default=True, help=f"Unsupervised rPPG method run on the mean RGB of the crops' skin ROI: "
+                                      f"{_roi_description()}.")
 @click.option("--mode", type=click.Choice(["toolbox", "windowed"]), default="toolbox", show_default=True,
               help="toolbox: one HR per whole video (rPPG-Toolbox protocol: detrend lambda=100, band-pass, "
                    "FFT peak); windowed: one HR per --window-s window every --stride-s.")
@@ -269,7 +285,8 @@ def _status_table(console, pipe, subjects, cache: Path, title: str) -> bool:
 @click.option("--stride-s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="Windowed mode: step between windows, seconds.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write one row per subject (toolbox mode) or per window: subject, hr_pred_bpm, hr_ref_bpm, snr_db.")
+              help=f"Write one row per subject (toolbox mode, window 0) or per window: {', '.join(SCORES_CSV_COLUMNS)} "
+                   "(with --checkpoint one per clip: subject, clip, hr_pred_bpm, hr_ref_bpm, snr_db, bvp_r).")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNGs here: Bland-Altman, predicted vs reference HR, per-subject BVP + spectrum.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
@@ -279,7 +296,7 @@ def _status_table(console, pipe, subjects, cache: Path, title: str) -> bool:
               help="Meta-rPPG checkpoints: transductive adaptation steps on each subject's clips first.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="With --checkpoint: auto = CUDA when present.")
-@click.option("--hr-label", type=click.Choice(["beats", "welch"]), default="beats", show_default=True,
+@click.option("--hr-label", type=click.Choice(HR_LABELS), default=DEFAULT_HR_LABEL, show_default=True,
               help="With --checkpoint: the reference HR of a clip, the median of the contact PPG's beats (closer "
                    "to the oximeter on UBFC-rPPG) or its Welch peak.")
 def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], method: str, mode: str,
@@ -335,7 +352,7 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
         _write_scores_csv(csv_path, scores)
         console.print(f"csv: {csv_path}")
     if plots is not None:
-        for path in _score_plots(plots, scores, method):
+        for path in _score_plots(plots, scores, method, band_hz=tuple(band_hz)):
             console.print(f"png: {path}")
     if failed:
         sys.exit(1)
@@ -347,13 +364,13 @@ def _write_scores_csv(path: Path, scores) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["subject", "window", "hr_pred_bpm", "hr_ref_bpm", "snr_db"])
+        w.writerow(SCORES_CSV_COLUMNS)
         for s in scores:
             for i, (p, r) in enumerate(zip(s.hr_pred_bpm, s.hr_ref_bpm)):
                 w.writerow([s.subject, i, f"{p:.3f}", f"{r:.3f}", f"{s.snr_db:.3f}"])
 
 
-def _score_plots(out: Path, scores, method: str) -> list[Path]:
+def _score_plots(out: Path, scores, method: str, band_hz: tuple[float, float] = (0.75, 2.5)) -> list[Path]:
     from rppg_prep import plots
 
     out.mkdir(parents=True, exist_ok=True)
@@ -366,7 +383,7 @@ def _score_plots(out: Path, scores, method: str) -> list[Path]:
     for s in scores:
         paths.append(plots.bvp_and_spectrum(s.bvp_pred, s.fs_hz, out / f"{method}_{s.subject}_bvp.png",
                                             bvp_ref=s.bvp_ref, hr_pred_bpm=float(np.nanmedian(s.hr_pred_bpm)),
-                                            hr_ref_bpm=float(np.nanmedian(s.hr_ref_bpm)),
+                                            hr_ref_bpm=float(np.nanmedian(s.hr_ref_bpm)), band_hz=band_hz,
                                             title=f"{method.upper()} {s.subject}"))
     return paths
 
@@ -591,7 +608,7 @@ def load_pipeline_or_exit(name: str):
         raise ConfigUsageError(str(exc)) from None
 
 
-def _default_root(dataset: str, cache: Path, console) -> Path:
+def _default_root(dataset: str, cache: Path, console, generate: bool = True) -> Path:
     from rppg_prep.sample import default_sample_dir, ensure_ubfc_sample
 
     if dataset == "synthetic":
@@ -602,6 +619,9 @@ def _default_root(dataset: str, cache: Path, console) -> Path:
         raise click.UsageError(f"--root is required for dataset {dataset!r} (only ubfc and synthetic are "
                                "generated when it is left out)")
     if not (default_sample_dir(cache) / ".complete").exists():
+        if not generate:  # a read-only command (status) never writes, not even the sample
+            raise click.ClickException(f"no build of {dataset} in {cache} (and no sample there); run "
+                                       f"`rppg-prep build {dataset}` first, or give --root")
         console.print("no --root given: generating the embedded UBFC-rPPG sample (synthetic, ~10 s) ...")
     return ensure_ubfc_sample(cache)
 
@@ -613,17 +633,34 @@ def _summary(console, results, wall_s: float) -> None:
     for col, just in (("subject", "left"), ("status", "left"), ("frames", "right"), ("seconds", "right"),
                       ("MB", "right"), ("ran / reason", "left")):
         table.add_column(col, justify=just, overflow="fold")
+    by_note: dict[str, list[str]] = {}
+    for r in results:
+        for n in dict.fromkeys(r.notes or ()):
+            by_note.setdefault(n, []).append(r.subject)
+    shared = {n: sids for n, sids in by_note.items() if len(sids) > 1}  # said once, below the table
     for r in results:
         status = "[green]ok[/]" if r.status == "ok" else f"[red]failed[/] ({r.failed_stage})"
         detail = r.error if r.status != "ok" else (", ".join(r.ran) or "all fresh")
-        if r.notes:
-            detail += "\n" + "\n".join(f"note: {n}" for n in r.notes)
+        own = [n for n in dict.fromkeys(r.notes or ()) if n not in shared]
+        if own:
+            detail += "\n" + "\n".join(f"note: {n}" for n in own)
         table.add_row(r.subject, status, str(r.frames), f"{r.seconds:.1f}", f"{r.bytes / 1e6:.1f}", detail)
     total_frames = sum(r.frames for r in results)
     n_ok = sum(r.status == "ok" for r in results)
-    table.caption = (f"{n_ok}/{len(results)} ok, {total_frames} frames, "
-                     f"{total_frames / max(wall_s, 1e-9):.0f} frames/s")
+    # a rate only over the subjects where something ran: reused nodes cost no frame of work
+    reused = sum(len(r.nodes) - len(r.ran) for r in results if r.status == "ok")
+    built = [r for r in results if r.ran]
+    caption = f"{n_ok}/{len(results)} ok, {total_frames} frames"
+    if not built:
+        caption += f", nothing ran: {reused} nodes reused"  # the rows say "all fresh" per subject
+    else:
+        built_frames = sum(r.frames for r in built)
+        caption += (f", {built_frames / max(wall_s, 1e-9):.0f} frames/s over the {len(built)} subject(s) built"
+                    + (f", {reused} nodes reused" if reused else ""))
+    table.caption = caption
     console.print(table)
+    for n, sids in shared.items():
+        console.print(f"note ({', '.join(sids)}): {n}", highlight=False, soft_wrap=True)
 
 
 @main.group()
@@ -677,3 +714,47 @@ def sample_synthetic(out: Path, videos_per_class: int, seed: int) -> None:
     with stderr_console().status("writing synthetic videos"):
         ids = write_synthetic(out, videos_per_class=videos_per_class, seed=seed)
     click.echo(f"wrote {len(ids)} subjects ({videos_per_class} videos each) to {out}")
+
+
+@main.group("export")
+def export_group() -> None:
+    """Write a build in another toolbox's on-disk layout."""
+
+
+@export_group.command("toolbox")
+@click.argument("pipeline", metavar="BUILD")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Export root (rPPG-Toolbox's CACHED_PATH): NAME/<subject>_input<k>.npy, _label<k>.npy and "
+                   "DataFileLists/NAME_0.0_1.0.csv.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
+              help="Store root holding the build.")
+@click.option("--chunk-length", type=click.IntRange(min=0), default=180, show_default=True,
+              help="CHUNK_LENGTH in frames: non-overlapping chunks from frame 0, the remainder dropped; "
+                   "0 = DO_CHUNK False (the whole video as one chunk).")
+@click.option("--size", type=click.IntRange(min=1), default=None,
+              help="RESIZE.W = RESIZE.H in pixels (the Toolbox's configs use 72) [default: the stored crop size].")
+@click.option("--data-types", default="DiffNormalized,Standardized", show_default=True,
+              help="DATA_TYPE: comma-separated Raw, DiffNormalized, Standardized, concatenated on the channel axis.")
+@click.option("--label-type", type=click.Choice(["Raw", "DiffNormalized", "Standardized"]),
+              default="DiffNormalized", show_default=True, help="LABEL_TYPE.")
+@click.option("--name", default=None, help="The export's folder name; set the Toolbox's EXP_DATA_NAME to it "
+                                           "[default: DATASET_SizeW.._ClipLength.._DataType.._LabelType.._rppg-prep].")
+def export_toolbox_command(pipeline: str, out: Path, cache: Path, chunk_length: int, size: int | None,
+                           data_types: str, label_type: str, name: str | None) -> None:
+    """Export the build of BUILD (a pipeline) in rPPG-Toolbox's cached layout, from the stored face crops
+    and frame-clock BVP; train on it with DO_PREPROCESS False, CACHED_PATH = OUT, EXP_DATA_NAME = NAME."""
+    from rppg_prep.errors import ConfigError, RppgPrepError
+    from rppg_prep.export import export_toolbox
+
+    pipe = load_pipeline_or_exit(pipeline)
+    try:
+        res = export_toolbox(cache, pipe.dataset, pipe.name, out, chunk_length=chunk_length, size=size,
+                             data_types=_split((data_types,)), label_type=label_type, name=name)
+    except ConfigError as exc:
+        raise ConfigUsageError(str(exc)) from None
+    except RppgPrepError as exc:
+        raise click.ClickException(str(exc)) from None
+    for sid, n in res["chunks"].items():
+        click.echo(f"{sid}\t{n} chunk(s)\t{res['dropped'][sid]} frame(s) dropped")
+    click.echo(f"wrote {len(res['inputs'])} input/label pairs to {res['folder']}")
+    click.echo(f"file list: {res['file_list']}")

@@ -426,7 +426,7 @@ def build_key(man: dict[str, Any], stages: tuple[str, ...], subjects: list[str] 
     return hashlib.sha256(canonical_json(keys).encode()).hexdigest()
 
 
-def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict[str, zarr.Group]]:
+def open_build(cache: str | Path, dataset: str, pipeline: str | None = None) -> dict[str, dict[str, zarr.Group]]:
     """Open a finished build: subject -> stage -> read-only zarr group of that node.
 
     Only subjects whose build succeeded are returned, in natural order (``subject3`` before
@@ -438,8 +438,10 @@ def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict
     ----------
     cache : str or Path
         Store root.
-    dataset, pipeline : str
-        Loader name and pipeline name.
+    dataset : str
+        Loader name.
+    pipeline : str, optional
+        Pipeline name; defaults to ``dataset`` (the shipped configs are named after their dataset).
 
     Returns
     -------
@@ -453,6 +455,7 @@ def open_build(cache: str | Path, dataset: str, pipeline: str) -> dict[str, dict
     """
     from rppg_prep.datasets import natural_key
 
+    pipeline = dataset if pipeline is None else pipeline
     man = read_manifest(cache, dataset, pipeline)
     out = {}
     latest = config_digest(man["config"]) if isinstance(man.get("config"), dict) else None

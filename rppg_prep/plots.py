@@ -19,6 +19,9 @@ __all__ = ["bland_altman", "pred_vs_ref", "bvp_and_spectrum", "contact_sheet", "
 
 DPI = 100
 PRED_COLOUR, REF_COLOUR, DEVICE_COLOUR = "tab:blue", "tab:red", "tab:green"
+#: the labels figure's HR axis spans at least this, bpm, centred on the median HR: autoscaled to a
+#: steady HR (a 1.5-bpm range) it would show the Welch bins' and beats' noise as a trend
+MIN_HR_SPAN_BPM = 20.0
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -340,6 +343,13 @@ def labels_figure(t_s, bvp, windows, hr_bpm, hr_device_bpm, path: str | Path, *,
                       label="PPG HR (median of beats)")
         if dev is not None:
             ax_h.plot(centre, dev, "s--", color=DEVICE_COLOUR, ms=3, lw=1.0, label="device HR (median)")
+        shown = np.concatenate([hr] + [np.asarray(v, dtype=np.float64).ravel()
+                                       for v in (hr_beats_bpm, dev) if v is not None])
+        shown = shown[np.isfinite(shown)]
+        if shown.size:
+            mid = float(np.median(shown))
+            ax_h.set_ylim(min(float(shown.min()), mid - MIN_HR_SPAN_BPM / 2) - 1.0,
+                          max(float(shown.max()), mid + MIN_HR_SPAN_BPM / 2) + 1.0)
         ax_h.legend(loc="best", fontsize="small")
         length = float(np.median(t[win[:, 1] - 1] - t[win[:, 0]]))
         ax_h.set_title(f"HR per {len(win)} window(s) of ~{length:.1f} s, at window centres", fontsize="medium")
@@ -418,7 +428,7 @@ def _titles(titles: Sequence[str] | None, n: int) -> list[str] | None:
 
 
 def contact_sheet(crops_uint8, path: str | Path, *, landmarks_px=None, ncols: int = 8,
-                  titles: Sequence[str] | None = None, gap_px: int = 2) -> Path:
+                  titles: Sequence[str] | None = None, gap_px: int = 2, title: str = "") -> Path:
     """A grid of face crops, optionally with landmark dots.
 
     The crops are tiled into one image (``gap_px`` white pixels between tiles) drawn at about one
@@ -439,6 +449,8 @@ def contact_sheet(crops_uint8, path: str | Path, *, landmarks_px=None, ncols: in
         One caption per crop.
     gap_px : int
         Gap between tiles, px.
+    title : str
+        Title above the sheet (e.g. the subject).
 
     Returns
     -------
@@ -472,9 +484,12 @@ def contact_sheet(crops_uint8, path: str | Path, *, landmarks_px=None, ncols: in
         y0, x0 = r * pitch_y + cap_px, c * pitch_x
         sheet[y0:y0 + h, x0:x0 + w] = crops[i]
         offsets.append((x0, y0))
-    fig = _figure(sheet.shape[1] * scale / DPI, sheet.shape[0] * scale / DPI)
+    img_h_in, title_in = sheet.shape[0] * scale / DPI, 0.3 if title else 0.0
+    fig = _figure(sheet.shape[1] * scale / DPI, img_h_in + title_in)
     fig.set_layout_engine("none")
-    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax = fig.add_axes((0.0, 0.0, 1.0, img_h_in / (img_h_in + title_in)))
+    if title:
+        fig.suptitle(title, y=1.0 - 0.5 * title_in / (img_h_in + title_in), va="center", fontsize=9)
     ax.imshow(sheet, interpolation="nearest")
     if lm is not None:
         pts = np.concatenate([lm[i] + np.asarray(offsets[i], np.float64) for i in range(n)])

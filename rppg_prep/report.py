@@ -217,7 +217,8 @@ def inspect_png(cache: str | Path, dataset: str, pipeline: str, subject: str, ou
             titles = [f"#{i}  {t:.1f} s{'' if v else '  INVALID'}"
                       for i, t, v in zip(idx, t_s, valid)]
             written.append(plots.contact_sheet(crops, out_dir / f"{subject}_crops.png", landmarks_px=lm_crop,
-                                               ncols=8, titles=titles))
+                                               ncols=8, titles=titles,
+                                               title=f"{subject}: face crops with landmarks"))
     if not missing("ST", ("st_map",)):
         st = nodes["st_map"]
         images = st["images"]

@@ -10,10 +10,9 @@ the oval, eye, eyebrow and lip contours of MediaPipe's face-mesh connection sets
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+import numpy as np  # cv2 is imported where it is used: the CLI reads ROI_DESCRIPTION for its help
 
-__all__ = ["FACE_OVAL", "EXCLUDED", "to_crop_coords", "roi_mask", "rgb_trace"]
+__all__ = ["FACE_OVAL", "EXCLUDED", "ROI_DESCRIPTION", "to_crop_coords", "roi_mask", "rgb_trace"]
 
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
              176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
@@ -26,6 +25,11 @@ EXCLUDED = {
     "lips": (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185),
 }
 _DILATE = np.ones((5, 5), np.uint8)
+_PART_NAMES = {"eye": "eyes", "brow": "eyebrows", "lips": "lips"}
+#: what the ROI is, in words (the CLI's help uses it); a new EXCLUDED part needs a name in _PART_NAMES
+_PARTS = list(dict.fromkeys(_PART_NAMES[k.split("_")[0]] for k in EXCLUDED))
+ROI_DESCRIPTION = ("the face oval (forehead, cheeks, nose, chin) minus the "
+                   + (", ".join(_PARTS[:-1]) + " and " if len(_PARTS) > 1 else "") + _PARTS[-1])
 
 
 def to_crop_coords(landmarks_px: np.ndarray, box: np.ndarray, size_px: int) -> np.ndarray:
@@ -49,6 +53,8 @@ def to_crop_coords(landmarks_px: np.ndarray, box: np.ndarray, size_px: int) -> n
 
 
 def _hull(mask: np.ndarray, pts: np.ndarray) -> None:
+    import cv2
+
     cv2.fillConvexPoly(mask, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
 
 
@@ -68,6 +74,8 @@ def roi_mask(lm_crop: np.ndarray, size_px: int) -> np.ndarray:
     cut = np.zeros_like(mask)
     for idx in EXCLUDED.values():
         _hull(cut, lm_crop[list(idx)])
+    import cv2
+
     mask[cv2.dilate(cut, _DILATE) > 0] = 0
     return mask
 
@@ -91,6 +99,8 @@ def rgb_trace(frames, landmarks_px: np.ndarray, box: np.ndarray, *, block: int =
     -------
     ndarray of float64, shape (T, 3), 0-255
     """
+    import cv2
+
     n, size = frames.shape[0], frames.shape[1]
     lm = to_crop_coords(np.asarray(landmarks_px), np.asarray(box), size)
     out = np.full((n, 3), np.nan)

@@ -143,8 +143,9 @@ def iter_frames(path: str | Path, *, batch_frames: int = 64, subject: str | None
                 prefetch: bool = True) -> Iterator[FrameBatch]:
     """Decode a video into batches of RGB frames with timestamps.
 
-    Frames are decoded one batch ahead on a helper thread (OpenCV releases the GIL), so decoding
-    overlaps with whatever the caller does with the previous batch. Memory is bounded by two batches.
+    Frames are decoded up to ``PREFETCH_BATCHES`` (2) batches ahead on a helper thread (OpenCV releases
+    the GIL), so decoding overlaps with whatever the caller does with the previous batch. Memory is
+    bounded by ``PREFETCH_BATCHES`` + 2 batches.
 
     Parameters
     ----------

@@ -133,7 +133,7 @@ def test_inspect_png_writes_three_rendered_pngs(built, tmp_path):
     frames = rppg_prep.open_build(built, "ubfc", "ubfc")["subject1"]["face"]["frames"]
     n = len(np.unique(np.linspace(0, frames.shape[0] - 1, 16).round()))
     blank = _png(plots.contact_sheet(np.zeros((n, 128, 128, 3), np.uint8), tmp_path / "blank.png",
-                                     titles=[""] * n))
+                                     titles=[""] * n, title="subject1: face crops with landmarks"))
     assert blank.shape == sheet.shape
     assert np.abs(sheet - blank).mean() > 0.2
     # landmark dots are drawn: bright green pixels, which the sample's face photo does not have

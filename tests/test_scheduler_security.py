@@ -82,7 +82,11 @@ def test_a_worker_started_elsewhere_builds_into_the_clients_cache_given_relative
         for p in reversed(procs):
             p.terminate()
         for p in reversed(procs):
-            p.wait(timeout=30)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a worker slow to shut down is not what this test checks
+                p.kill()
+                p.wait(timeout=30)
     assert res.exit_code == 0, res.output
     rec = _manifest(here / "cache")["subjects"]["subject1"]
     assert rec["status"] == "ok" and rec["frames"] > 0 and rec["bytes"] > 0, rec

@@ -14,7 +14,13 @@ Backends
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+import sys
+import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -95,6 +101,83 @@ def _xy_from_wire(data: bytes, n: int) -> np.ndarray | None:
     return xy_bytes.view("<f4").astype(np.float32, copy=False)
 
 
+# MediaPipe's C++ side (TFLite, absl, glog) writes its start-up chatter straight to fd 2, which no
+# environment variable silences in the pinned 0.10.14: "Created TensorFlow Lite XNNPACK delegate",
+# absl's "before absl::InitializeLog()" warning and two inference_feedback_manager warnings per mesh.
+_NATIVE_LOG = re.compile(r"(?:(?:INFO|WARNING|ERROR): |[IWEF]\d{4} \d+:\d+:\d+\.\d+ +\d+ [^ \]]+:\d+\] )")
+_NATIVE_ERROR = re.compile(r"^(?:ERROR: |[EF]\d{4} )")
+_native_lock = threading.Lock()
+_native_state: dict = {"depth": 0, "saved": None, "file": None}
+
+
+def _native_logs_verbose() -> bool:
+    """Pass MediaPipe's native log lines through: ``rppg-prep -v`` (or ``RPPG_PREP_NATIVE_LOGS=1``)."""
+    return os.environ.get("RPPG_PREP_NATIVE_LOGS") == "1" or logging.getLogger("rppg_prep").isEnabledFor(logging.INFO)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Capture fd 2 while MediaPipe's native code runs (the mesh's creation, first frame and close).
+
+    fd 2 is process-wide: a module-level lock and depth count let overlapping calls from the
+    build's threads share one redirect, restored when the last one leaves. Afterwards the captured
+    native log lines (absl / TFLite / glog) go to this module's logger (errors at warning level,
+    the rest at debug level) and everything else captured meanwhile (a progress-bar refresh, a
+    traceback) is written back to the real stderr unchanged. With ``-v`` nothing is redirected.
+    """
+    if _native_logs_verbose():
+        yield
+        return
+    with _native_lock:
+        if _native_state["depth"] == 0:
+            try:
+                tmp = tempfile.TemporaryFile()
+                _flush_std()
+                saved = os.dup(2)
+                os.dup2(tmp.fileno(), 2)
+            except OSError:  # no fd 2, or no temp space: leave stderr as it is
+                yield
+                return
+            _native_state.update(saved=saved, file=tmp)
+        _native_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _native_lock:
+            _native_state["depth"] -= 1
+            if _native_state["depth"] == 0:
+                _flush_std()
+                saved, tmp = _native_state["saved"], _native_state["file"]
+                os.dup2(saved, 2)
+                os.close(saved)
+                _native_state.update(saved=None, file=None)
+                tmp.seek(0)
+                captured = tmp.read().decode("utf-8", "replace")
+                tmp.close()
+                _reemit(captured)
+
+
+def _reemit(captured: str) -> None:
+    rest = []
+    for line in captured.splitlines(keepends=True):
+        m = _NATIVE_LOG.search(line)  # a progress refresh may precede it on the same line
+        if m:
+            rest.append(line[:m.start()])
+            native = line[m.start():]
+            log.log(logging.WARNING if _NATIVE_ERROR.match(native) else logging.DEBUG, "mediapipe: %s", native.rstrip())
+        else:
+            rest.append(line)
+    if rest:
+        with contextlib.suppress(OSError):
+            os.write(2, "".join(rest).encode("utf-8", "replace"))
+
+
 class MeshDetector:
     """MediaPipe Face Mesh in tracking mode for one video (it carries state between frames).
 
@@ -109,7 +192,8 @@ class MeshDetector:
     """
 
     def __init__(self, params: LandmarkParams):
-        with warnings.catch_warnings():
+        self._first = True
+        with quiet_native_stderr(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import mediapipe as mp
             from mediapipe.framework.formats import landmark_pb2
@@ -118,6 +202,8 @@ class MeshDetector:
                 static_image_mode=False, max_num_faces=1, refine_landmarks=False,
                 min_detection_confidence=params.min_detection_confidence,
                 min_tracking_confidence=params.min_tracking_confidence)
+            with contextlib.suppress(Exception):  # let the calculators open (and log) inside the redirect
+                self._mesh._graph.wait_until_idle()
         self._parse = landmark_pb2.NormalizedLandmarkList.FromString
         try:
             from mediapipe.python._framework_bindings import _packet_getter
@@ -169,7 +255,12 @@ class MeshDetector:
         """
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"the mesh takes RGB frames of shape (H, W, 3), got {rgb.shape}")
-        pts = self._first_face_xy(rgb)
+        if self._first:  # the graph's calculators may still be logging their start-up
+            self._first = False
+            with quiet_native_stderr():
+                pts = self._first_face_xy(rgb)
+        else:
+            pts = self._first_face_xy(rgb)
         if pts is None:
             return None
         h, w = rgb.shape[:2]
@@ -177,7 +268,8 @@ class MeshDetector:
         return pts
 
     def close(self) -> None:
-        self._mesh.close()
+        with quiet_native_stderr():
+            self._mesh.close()
 
 
 class HaarDetector:
