@@ -29,7 +29,8 @@ from rppg_prep.datasets import Subject, get_loader, open_source, read_truth
 from rppg_prep.errors import GroundTruthError, RppgPrepError, StoreError, VideoDecodeError
 from rppg_prep.pipeline import ORDER, STAGES, Pipeline, load_pipeline
 from rppg_prep.stage import NodeContext, node_key, node_provenance
-from rppg_prep.store import NodeWriter, fingerprint, node_exists, node_path, open_node, restore_replaced
+from rppg_prep.store import (NodeWriter, fingerprint, node_exists, node_path, open_node, parked_node,
+                             restore_replaced)
 
 __all__ = ["plan_subject", "video_pass", "RUNNERS", "SubjectResult", "NodePlan", "environment_threads",
            "Pipeline", "load_pipeline", "STAGES", "ORDER"]
@@ -119,8 +120,8 @@ class SubjectResult:
     input_file: str | None = None
 
 
-def _file_hash(path: Path, cache: Path) -> str:
-    return fingerprint(path, cache) if Path(path).exists() else f"missing:{Path(path).name}"
+def _file_hash(path: Path, cache: Path, remember: bool = True) -> str:
+    return fingerprint(path, cache, remember=remember) if Path(path).exists() else f"missing:{Path(path).name}"
 
 
 def _raw_inputs(subject: Subject) -> dict[str, dict[str, Path]]:
@@ -140,7 +141,8 @@ def _unchanged_inputs(subject: Subject, node: NodePlan) -> None:
                         "from it was kept; run the build again", subject=subject.id, path=path)
 
 
-def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[str, NodePlan]:
+def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path, *, read_only: bool = False
+                 ) -> dict[str, NodePlan]:
     """Key every node of ``subject`` and say which already exist.
 
     Parameters
@@ -151,6 +153,9 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
         One subject of ``pipe.dataset``.
     cache : str or Path
         Store root.
+    read_only : bool
+        Write nothing (``status``, dry runs): the fingerprint memo is only read, and the old node a
+        crashed replace left parked counts as fresh where it lies instead of being moved back.
 
     Returns
     -------
@@ -166,7 +171,8 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
     if not subject.video.exists():
         raise VideoDecodeError("video file (or frame folder) is missing", subject=subject.id, path=subject.video)
     # the frame source may read files besides the video (VIPL-HR's time.txt holds the frame clock)
-    raw = {st: {role: (p, _file_hash(p, cache)) for role, p in files.items()} for st, files in _raw_inputs(subject).items()}
+    raw = {st: {role: (p, _file_hash(p, cache, remember=not read_only)) for role, p in files.items()}
+           for st, files in _raw_inputs(subject).items()}
     loader = get_loader(subject.dataset)
     files = {st: {role: h for role, (_, h) in ins.items()} for st, ins in raw.items()}
     files["labels"]["loader"] = f"{subject.dataset}/{getattr(loader, 'VERSION', '1')}"
@@ -178,7 +184,10 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[st
         keys[name] = key
         path = node_path(cache, pipe.dataset, subject.id, name, key)
         # a replace a crash interrupted is finished first (store.restore_replaced): the old node counts
-        fresh = node_exists(path) or (restore_replaced(path) and node_exists(path))
+        if read_only:
+            fresh = node_exists(path) or parked_node(path) is not None
+        else:
+            fresh = node_exists(path) or (restore_replaced(path) and node_exists(path))
         plan[name] = NodePlan(name, key, path, fresh, inputs=raw.get(name, {}))
     return plan
 

@@ -181,7 +181,7 @@ def build(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ..
 
     console = stderr_console()
     environment_threads()
-    pipe, root, found = _resolve(pipeline, root, cache, subjects, console)
+    pipe, root, found = _resolve(pipeline, root, cache, subjects, console, generate=not dry_run)
     if dry_run:
         _status_table(console, pipe, found, cache, title=f"plan of {pipe.name} (dry run: nothing built)")
         return
@@ -299,9 +299,12 @@ def _roi_description() -> str:
 @click.option("--hr-label", type=click.Choice(HR_LABELS), default=DEFAULT_HR_LABEL, show_default=True,
               help="With --checkpoint: the reference HR of a clip, the median of the contact PPG's beats (closer "
                    "to the oximeter on UBFC-rPPG) or its Welch peak.")
+@click.option("--dry-run", is_flag=True, help="Print what would be built and scored, and where results would go; "
+                                              "build, score and write nothing.")
 def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, ...], method: str, mode: str,
              band_hz: tuple[float, float], window_s: float, stride_s: float, csv_path: Path | None,
-             plots: Path | None, checkpoint: Path | None, adapt_steps: int, device: str, hr_label: str) -> None:
+             plots: Path | None, checkpoint: Path | None, adapt_steps: int, device: str, hr_label: str,
+             dry_run: bool) -> None:
     """Score an unsupervised method (GREEN, CHROM, POS, ...) or a trained model (--checkpoint) on
     PIPELINE's build: HR in bpm against the HR of the contact PPG computed the same way; MAE, RMSE,
     MAPE, Pearson r (with standard errors), SNR.
@@ -317,7 +320,15 @@ def evaluate(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str,
 
     console = stderr_console()
     environment_threads()
-    pipe, root, found = _resolve(pipeline, root, cache, subjects, console)
+    pipe, root, found = _resolve(pipeline, root, cache, subjects, console, generate=not dry_run)
+    if dry_run:
+        _status_table(console, pipe, found, cache, title=f"plan of {pipe.name} (dry run: nothing built or scored)")
+        what = f"checkpoint {checkpoint}" if checkpoint is not None else f"{method.upper()} ({mode}, {band_hz[0]}-{band_hz[1]} Hz)"
+        console.print(f"would score {what} on {len(found)} subject(s): {', '.join(s.id for s in found)}")
+        for label, out in (("csv", csv_path), ("png", plots)):
+            if out is not None:
+                console.print(f"would write {label}: {out}")
+        return
     results = run_build(pipe, found, cache, root=root)
     failed = [r for r in results if r.status != "ok"]
     for r in failed:
@@ -611,17 +622,22 @@ def load_pipeline_or_exit(name: str):
 def _default_root(dataset: str, cache: Path, console, generate: bool = True) -> Path:
     from rppg_prep.sample import default_sample_dir, ensure_ubfc_sample
 
-    if dataset == "synthetic":
-        from rppg_prep.datasets.synthetic import ensure_synthetic
+    def absent() -> click.ClickException:  # a read-only command (status, dry runs) never writes, not even the sample
+        return click.ClickException(f"no --root given and no generated {dataset} sample in {cache}: "
+                                    f"`rppg-prep build {dataset}` generates and builds it, or give --root")
 
+    if dataset == "synthetic":
+        from rppg_prep.datasets.synthetic import ensure_synthetic, synthetic_dir
+
+        if not generate and not synthetic_dir(cache).exists():
+            raise absent()
         return ensure_synthetic(cache)
     if dataset != "ubfc":
         raise click.UsageError(f"--root is required for dataset {dataset!r} (only ubfc and synthetic are "
                                "generated when it is left out)")
     if not (default_sample_dir(cache) / ".complete").exists():
-        if not generate:  # a read-only command (status) never writes, not even the sample
-            raise click.ClickException(f"no build of {dataset} in {cache} (and no sample there); run "
-                                       f"`rppg-prep build {dataset}` first, or give --root")
+        if not generate:
+            raise absent()
         console.print("no --root given: generating the embedded UBFC-rPPG sample (synthetic, ~10 s) ...")
     return ensure_ubfc_sample(cache)
 

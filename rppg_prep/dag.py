@@ -537,7 +537,7 @@ def subject_status(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[
     except RppgPrepError:  # no build yet
         rec = {}
     try:
-        plan = plan_subject(pipe, subject, cache)
+        plan = plan_subject(pipe, subject, cache, read_only=True)
     except RppgPrepError as exc:
         return {s: ("failed", str(exc)) for s in ORDER}
     out: dict[str, tuple[str, str]] = {}

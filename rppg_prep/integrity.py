@@ -198,7 +198,9 @@ def verify_build(cache: str | Path, dataset: str, pipeline: str,
     n_nodes : int
         Nodes checked (of the subjects whose build succeeded).
     problems : list of ChunkProblem
-        Empty when the store is intact; a node folder that is gone is one ``missing`` problem.
+        Empty when the store is intact; a node folder that is gone is one ``missing`` problem. A node
+        an interrupted replace left parked (``store.parked_node``) is checked where it lies: the next
+        build puts it back, and checking writes nothing.
 
     Raises
     ------
@@ -206,16 +208,19 @@ def verify_build(cache: str | Path, dataset: str, pipeline: str,
         No such build, or its manifest is unreadable.
     """
     from rppg_prep.manifest import read_manifest
+    from rppg_prep.store import parked_node
 
     man = read_manifest(cache, dataset, pipeline)
     nodes = [Path(cache) / n["path"] for rec in man["subjects"].values() if rec.get("status") == "ok"
              for n in rec["nodes"].values()]
     problems: list[ChunkProblem] = []
     for i, node in enumerate(nodes):
-        if not (node / "zarr.json").exists():
-            problems.append(ChunkProblem(node, "", (), "missing", node))
-        else:
+        if (node / "zarr.json").exists():
             problems.extend(check_node(node))
+        elif (parked := parked_node(node)) is not None:
+            problems.extend(check_node(parked))
+        else:
+            problems.append(ChunkProblem(node, "", (), "missing", node))
         if progress:
             progress(i + 1, len(nodes))
     return len(nodes), problems

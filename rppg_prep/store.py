@@ -58,6 +58,7 @@ __all__ = [
     "check_name",
     "check_path_part",
     "restore_replaced",
+    "parked_node",
     "recover_replaced",
 ]
 
@@ -309,8 +310,13 @@ def open_node(path: str | Path) -> zarr.Group:
         If there is no complete node at ``path``.
     """
     path = Path(path)
-    if not node_exists(path) and not (restore_replaced(path) and node_exists(path)):
-        raise StoreError("no complete node here; run `rppg-prep build` first", path=path)
+    if not node_exists(path):
+        # a replace a crash interrupted left the old node parked: read it there (reading never renames;
+        # the next build or gc puts it back, store.restore_replaced)
+        parked = parked_node(path)
+        if parked is None:
+            raise StoreError("no complete node here; run `rppg-prep build` first", path=path)
+        path = parked
     import zarr
 
     return zarr.open_group(str(path), mode="r")
@@ -543,6 +549,27 @@ def _backups(final: Path) -> list[Path]:
         return []
     folder = _backup_path(final, "").parent
     return sorted(folder.glob(f"{final.name}.*")) if folder.is_dir() else []
+
+
+def parked_node(final: str | Path) -> Path | None:
+    """The complete old node a crash left parked for ``final`` (nothing at ``final``), else None.
+
+    Read-only: readers and ``status`` use it in place; :func:`restore_replaced` moves it back.
+
+    Parameters
+    ----------
+    final : str or Path
+        A node folder (:func:`node_path`).
+
+    Returns
+    -------
+    Path or None
+    """
+    final = Path(final)
+    if final.exists():
+        return None
+    found = _backups(final)
+    return found[-1] if found and node_exists(found[-1]) else None
 
 
 def restore_replaced(final: str | Path) -> bool:
@@ -800,7 +827,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
-def fingerprint(path: str | Path, cache: str | Path) -> str:
+def fingerprint(path: str | Path, cache: str | Path, *, remember: bool = True) -> str:
     """sha256 of a raw input file or frame folder, memoised in ``cache/fingerprints.json``.
 
     A file is memoised on (path, size, mtime_ns). A folder (one image per frame, as in PURE or
@@ -814,6 +841,9 @@ def fingerprint(path: str | Path, cache: str | Path) -> str:
         A raw input: a video, a ground-truth file or a frame folder.
     cache : str or Path
         Store root holding the memo.
+    remember : bool
+        Write a new digest into the memo. False for read-only commands (``status``): the memo is
+        read, never written.
 
     Returns
     -------
@@ -850,6 +880,8 @@ def fingerprint(path: str | Path, cache: str | Path) -> str:
     else:
         with open(path, "rb") as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    if not remember:
+        return digest
     with file_lock(memo_path):
         memo = _read_json(memo_path)
         memo[str(path)] = {"size": size, "mtime_ns": stamp, "sha256": digest}

@@ -105,15 +105,20 @@ def test_a_crash_in_the_middle_of_a_replace_loses_nothing(exchange, final, tmp_p
     assert _value(final) == 3.0 and not (cache / ".replaced").exists()
 
 
-def test_the_next_read_restores_the_old_node_after_a_crash(final, tmp_path, monkeypatch):
-    """Fallback path, crash simulated by leaving the state of a kill between the two renames."""
+def test_a_read_uses_the_parked_node_in_place_and_the_next_plan_restores_it(final, tmp_path, monkeypatch):
+    """Fallback path, crash simulated by leaving the state of a kill between the two renames.
+
+    Reading must write nothing (a read-only cache stays readable), so the read finds the parked node
+    where it lies; putting it back is the next build's (or gc's) job."""
     monkeypatch.setenv("RPPG_PREP_RENAME_EXCHANGE", "0")
     _write(final, 1.0)
     parked = store._backup_path(final, KEY)
     parked.parent.mkdir(parents=True)
     os.rename(final, parked)  # what a crash after the first rename leaves
-    assert _value(final) == 1.0  # open_node finished the replace: the old node is back
-    assert not parked.exists()
+    assert _value(final) == 1.0  # open_node read the old node where the crash left it
+    assert parked.exists() and not final.exists()
+    assert store.restore_replaced(final)
+    assert _value(final) == 1.0 and not parked.exists()
 
 
 def test_an_error_in_the_second_rename_puts_the_old_node_back(final, tmp_path, monkeypatch):

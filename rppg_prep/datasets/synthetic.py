@@ -94,13 +94,18 @@ def write_synthetic(out_dir: str | Path, *, videos_per_class: int = 4, classes=N
     return ids
 
 
+def synthetic_dir(cache: str | Path) -> Path:
+    """``<cache>/samples/synthetic-v<VERSION>``, where :func:`ensure_synthetic` writes (it may not exist)."""
+    return Path(cache) / "samples" / f"synthetic-v{VERSION}"
+
+
 def ensure_synthetic(cache: str | Path) -> Path:
     """``<cache>/samples/synthetic-v<VERSION>``, written (all 75 classes, K = 4) on first use.
 
     Written to a temporary sibling and renamed into place, so an interrupted run leaves nothing
     that looks complete.
     """
-    target = Path(cache) / "samples" / f"synthetic-v{VERSION}"
+    target = synthetic_dir(cache)
     if (target / _META).exists():
         return target
     from rppg_prep.store import atomic_write
