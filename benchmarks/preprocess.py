@@ -201,7 +201,7 @@ def store_sizes(cache: Path, frames: int) -> dict:
     from rppg_prep.integrity import chunk_paths
 
     # the size cost of the crc32c checksums: 4 bytes at the end of every chunk file
-    chunks = sum(len(chunk_paths(m.parent, json.loads(m.read_text()))) for m in store.glob("*/*-*/*/zarr.json"))
+    chunks = sum(len(chunk_paths(m.parent)) for m in store.glob("*/*-*/*/zarr.json"))
     return {"store_bytes": total, "store_disk_bytes": disk, "store_files": len(files), "chunks": chunks,
             "crc32c_bytes": 4 * chunks, "crc32c_fraction": round(4 * chunks / max(total, 1), 8),
             "store_bytes_per_frame": round(total / frames), "store_disk_bytes_per_frame": round(disk / frames),

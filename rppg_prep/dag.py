@@ -250,17 +250,54 @@ def build_graph(pipe: Pipeline, plans: list[tuple[Subject, dict[str, NodePlan]]]
     return dsk, keys
 
 
+def batch_keys(args: tuple, known: set) -> list:
+    """The task keys of one batch that ``dask.local`` hands to its pool, checked.
+
+    The one place that reads a private convention of dask: ``dask.local.get_async`` calls
+    ``pool.submit(batch_execute_tasks, batch)`` with ``batch`` a list of tuples that each start with
+    a task key. dask documents no way to route its local tasks, so :class:`_LaneExecutor` reads the
+    keys here. A dask release that changes the convention raises here, at the first task, rather
+    than sending video tasks to the wrong lane (tests/test_dag.py checks it on the installed dask).
+
+    Parameters
+    ----------
+    args : tuple
+        The positional arguments after the function that the pool's ``submit`` received.
+    known : set
+        Every key of the graph being run.
+
+    Returns
+    -------
+    list
+        The batch's task keys.
+
+    Raises
+    ------
+    RuntimeError
+        When the batch does not have that shape.
+    """
+    batch = args[0] if len(args) == 1 else None
+    if not isinstance(batch, list) or not all(isinstance(item, tuple) and item and item[0] in known
+                                             for item in batch):
+        import dask
+
+        raise RuntimeError(f"dask {dask.__version__} hands its pool tasks in a form rppg-prep does not know "
+                           "(rppg_prep.dag.batch_keys); run with --scheduler local-cluster, or install the "
+                           "dask version pinned in pyproject.toml")
+    return [item[0] for item in batch]
+
+
 class _LaneExecutor(Executor):
     """Routes dask's local tasks to a video lane and a stage lane (dask.local has no resources)."""
 
-    def __init__(self, video_threads: int, stage_threads: int):
+    def __init__(self, video_threads: int, stage_threads: int, video_keys: set, keys: set):
         self._video = ThreadPoolExecutor(video_threads, thread_name_prefix="video")
         self._stage = ThreadPoolExecutor(stage_threads, thread_name_prefix="stage")
         self._max_workers = 1024  # let dask hand over every ready task; the lanes bound concurrency
+        self._video_keys, self._keys = video_keys, keys
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        batch = args[0] if args else []
-        is_video = any(str(item[0]).startswith("video-") for item in batch)
+        is_video = any(key in self._video_keys for key in batch_keys(args, self._keys))
         return (self._video if is_video else self._stage).submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -284,13 +321,9 @@ def _run_threads(dsk: dict, keys: list[str], on_outcome: Callable[[Outcome], Non
 
     video, stage = machine_lanes()
 
-    class Collect(Callback):
-        def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001 - dask's signature
-            on_outcome(result)
-
-    pool = _LaneExecutor(video, stage)
+    pool = _LaneExecutor(video, stage, {k for k in dsk if str(k).startswith("video-")}, set(dsk))
     try:
-        with Collect():
+        with Callback(posttask=lambda key, result, dsk, state, worker_id: on_outcome(result)):
             dask.threaded.get(dsk, keys, pool=pool, chunksize=1)
     finally:
         pool.shutdown()

@@ -102,9 +102,10 @@ def _dims(arr: zarr.Array, name: str) -> tuple[str, ...]:
 
 
 def _attrs(arr: zarr.Array) -> dict[str, Any]:
-    """The array's attributes, its ``unit`` (the store's name) as CF ``units``; none when empty."""
+    """The array's attributes with CF ``units`` (an older node's ``unit`` renamed; none when empty)."""
     attrs = dict(arr.attrs)
-    unit = attrs.pop("unit", None)
+    attrs.pop("coordinates", None)  # CF's pointer to t_s, which the tree sets as a coordinate itself
+    unit = attrs.pop("unit", None)  # nodes written before the store used CF's name
     if unit and "units" not in attrs:
         attrs["units"] = unit
     return attrs

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,41 +66,41 @@ class ChunkProblem:
             (f" ({self.path})" if self.path else "")
 
 
-def _arrays(node: Path) -> list[tuple[str, dict]]:
-    out = []
-    for meta in sorted(node.glob("*/zarr.json")):
-        out.append((meta.parent.name, json.loads(meta.read_text())))
-    return out
-
-
-def chunk_paths(array_dir: Path, meta: dict) -> list[tuple[tuple[int, ...], Path]]:
+def chunk_paths(array_dir: Path) -> list[tuple[tuple[int, ...], Path]]:
     """Every chunk of an array's grid and the file it must be in.
+
+    The grid and the chunk keys come from zarr's own reading of the array's metadata (its chunk
+    grid and chunk key encoding), so any separator or encoding zarr writes is followed; a chunk is
+    one file because the store writes no sharding codec.
 
     Parameters
     ----------
     array_dir : Path
         The array's folder (holding ``zarr.json``).
-    meta : dict
-        Its parsed ``zarr.json`` (zarr v3, regular grid, default chunk key encoding).
 
     Returns
     -------
     list of (tuple of int, Path)
-        (chunk index, ``<array>/c/i/j/...``), in C order; empty for an array with a zero-length axis.
+        (chunk index, its file, e.g. ``<array>/c/i/j``), in C order; empty for an array with a
+        zero-length axis.
+
+    Raises
+    ------
+    Exception
+        Whatever zarr raises on metadata it cannot read (a missing or damaged ``zarr.json``).
     """
-    shape = meta["shape"]
-    chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
-    sep = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
-    grid = [math.ceil(s / c) for s, c in zip(shape, chunks)]
-    out = []
-    for idx in itertools.product(*(range(g) for g in grid)):
-        key = sep.join(["c", *map(str, idx)]) if idx else "c"
-        out.append((idx, array_dir.joinpath(*key.split("/"))))
-    return out
+    import zarr
+
+    arr = zarr.open_array(str(array_dir), mode="r")
+    return [(idx, Path(array_dir).joinpath(*arr.metadata.encode_chunk_key(idx).split("/")))
+            for idx in itertools.product(*(range(n) for n in arr.cdata_shape))]
 
 
-def _has_crc(meta: dict) -> bool:
-    return any(c.get("name") == "crc32c" for c in meta.get("codecs", []))
+def _has_crc(array_dir: Path) -> bool:
+    import zarr
+    from zarr.codecs import Crc32cCodec
+
+    return any(isinstance(c, Crc32cCodec) for c in zarr.open_array(str(array_dir), mode="r").metadata.codecs)
 
 
 def content_digest(node: str | Path) -> str:
@@ -118,9 +117,12 @@ def content_digest(node: str | Path) -> str:
         64 hex characters; a missing chunk enters as ``missing``.
     """
     h = hashlib.sha256()
-    for name, meta in _arrays(Path(node)):
-        h.update(f"{name}\0{meta['shape']}\n".encode())
-        for idx, path in chunk_paths(Path(node) / name, meta):
+    import zarr
+
+    for meta in sorted(Path(node).glob("*/zarr.json")):
+        # list(shape) prints as zarr.json's JSON list: digests of nodes written earlier still match
+        h.update(f"{meta.parent.name}\0{list(zarr.open_array(str(meta.parent), mode='r').shape)}\n".encode())
+        for idx, path in chunk_paths(meta.parent):
             try:
                 with open(path, "rb") as fh:
                     fh.seek(-4, 2)
@@ -156,14 +158,14 @@ def check_node(node: str | Path) -> list[ChunkProblem]:
     for meta_path in sorted(node.glob("*/zarr.json")):
         name = meta_path.parent.name
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
+            has_crc, chunks = _has_crc(meta_path.parent), chunk_paths(meta_path.parent)
+        except Exception:  # noqa: BLE001 - zarr raises JSON, key and validation errors on damaged metadata
             problems.append(ChunkProblem(node, name, (), "metadata", meta_path))
             continue
-        if not _has_crc(meta):
+        if not has_crc:
             problems.append(ChunkProblem(node, name, (), "no checksums"))
             continue
-        for idx, path in chunk_paths(meta_path.parent, meta):
+        for idx, path in chunks:
             try:
                 data = path.read_bytes()
             except OSError:

@@ -26,7 +26,9 @@ import re
 import shutil
 import sys
 import time
+import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -322,6 +324,14 @@ def open_node(path: str | Path) -> zarr.Group:
     return zarr.open_group(str(path), mode="r")
 
 
+_CONSOLIDATE_LOCK = threading.Lock()
+
+
+def _array_attrs(unit: str, doc: str) -> dict[str, str]:
+    """An array's attributes: CF's ``units`` (omitted when dimensionless) and a ``doc`` line."""
+    return {"units": unit, "doc": doc} if unit else {"doc": doc}
+
+
 class NodeWriter:
     """Write one node into a private temporary folder, then commit it atomically.
 
@@ -371,7 +381,7 @@ class NodeWriter:
         codecs = (BloscCodec(**(PIXEL_CODEC if dtype == np.uint8 else SIGNAL_CODEC)), Crc32cCodec())
         arr = self.group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, compressors=codecs,
                                       fill_value=fill_value, dimension_names=axes or None,
-                                      attributes={"unit": unit, "doc": doc}, config={"write_empty_chunks": True})
+                                      attributes=_array_attrs(unit, doc), config={"write_empty_chunks": True})
         self.arrays[name] = arr
         return arr
 
@@ -420,7 +430,17 @@ class NodeWriter:
 
         self.attrs["content_digest"] = content_digest(self.tmp)
         self.attrs["complete"] = True
+        import zarr
+
+        self._mark_clock()
         self.group.attrs.update(self.attrs)
+        # after the last metadata write: plain xarray.open_zarr and zarr.open_consolidated read the
+        # node's metadata from one file, without the "no consolidated metadata" warning
+        with _CONSOLIDATE_LOCK, warnings.catch_warnings():
+            # zarr notes on every call that consolidation is a zarr-python extension of v3; known and
+            # wanted here. The lock: catch_warnings swaps process-wide state, and stages run in threads
+            warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", UserWarning)
+            zarr.consolidate_metadata(str(self.tmp))
         _ensure_group(self.final.parents[1], {"rppg_prep": "dataset store"})
         _ensure_group(self.final.parent, {"subject": self.final.parent.name})
         if self.final.exists() and not self.replace and node_exists(self.final):
@@ -438,6 +458,22 @@ class NodeWriter:
         for backup in _backups(self.final):  # an interrupted replace's old node: superseded now
             _drop_backup(backup)
         return self.final
+
+    def _mark_clock(self) -> None:
+        """Name ``t_s`` as the coordinate of ``frame`` with CF's ``coordinates`` attribute, so that
+        ``xarray.open_zarr`` on the node gives the frame clock as a coordinate.
+
+        As xarray writes it: on each array along ``frame``, or on the group when no other array is.
+        """
+        clock = self.arrays.get("t_s")
+        if clock is None or tuple(clock.metadata.dimension_names or ()) != ("frame",):
+            return
+        on_frame = [arr for name, arr in self.arrays.items()
+                    if name != "t_s" and "frame" in (arr.metadata.dimension_names or ())]
+        for arr in on_frame:
+            arr.attrs["coordinates"] = "t_s"
+        if not on_frame:
+            self.attrs["coordinates"] = "t_s"
 
     def _replace(self) -> None:
         """Swap the finished node in for whatever is at ``final`` (see :meth:`commit`)."""

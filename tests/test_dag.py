@@ -191,3 +191,27 @@ def test_a_worker_killed_mid_task_is_a_recorded_failure(root, clean, tmp_path, m
     assert bad.status == "failed" and bad.failed_stage == "clips" and "worker process died" in bad.error
     rec = json.loads((cache / "ubfc.builds" / "ubfc.json").read_text())["subjects"]["subject2"]
     assert rec["status"] == "failed" and "worker process died" in rec["error"]
+
+
+def test_local_lanes_follow_the_installed_dask():
+    """The lanes read one private convention of dask.local (dag.batch_keys): on the installed dask,
+    video tasks run on the video lane and the rest on the stage lane; a foreign batch fails loudly."""
+    import threading
+
+    import dask.threaded
+
+    from rppg_prep.dag import _LaneExecutor, batch_keys
+
+    def where():
+        return threading.current_thread().name
+
+    dsk = {f"video-s{i}": (where,) for i in range(3)}
+    dsk.update({f"face-s{i}": (lambda _: where(), f"video-s{i}") for i in range(3)})
+    pool = _LaneExecutor(1, 2, {k for k in dsk if k.startswith("video-")}, set(dsk))
+    try:
+        ran = dict(zip(dsk, dask.threaded.get(dsk, list(dsk), pool=pool, chunksize=1)))
+    finally:
+        pool.shutdown()
+    assert all(ran[k].startswith("video" if k.startswith("video-") else "stage") for k in dsk), ran
+    with pytest.raises(RuntimeError, match="batch_keys"):
+        batch_keys(({"video-s0": 1},), set(dsk))

@@ -47,7 +47,7 @@ def test_the_datatree_has_stage_groups_clocks_windows_and_the_raw_values(sample_
                 var = ds[name].variable
                 assert isinstance(var.data, da.Array)  # lazy
                 np.testing.assert_array_equal(var.values, group[name][...])
-                unit = group[name].attrs.get("unit")
+                unit = group[name].attrs.get("units")
                 assert var.attrs.get("units") == (unit or None) and "unit" not in var.attrs
     labels = tree["subject1/labels"].to_dataset()
     assert "t_s" in labels.coords and labels["t_s"].dims == ("frame",) and labels["t_s"].attrs["units"] == "s"
@@ -72,3 +72,47 @@ def test_without_xarray_the_error_says_what_to_install(sample_cache, monkeypatch
     monkeypatch.setitem(sys.modules, "xarray", None)
     with pytest.raises(ImportError, match="pip install xarray"):
         rppg_prep.open_datatree(sample_cache, "ubfc")
+
+
+def test_a_node_opens_with_plain_xarray_and_zarr_without_warnings(sample_cache):
+    """Consolidated metadata at commit and CF attributes: no manifest, no warning, t_s a coordinate."""
+    import warnings
+
+    import xarray as xr
+    import zarr
+
+    pytest.importorskip("xarray")
+    cache = sample_cache
+    for node in sorted(cache.glob("ubfc.zarr/subject1/*-*")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds = xr.open_zarr(node)
+            assert sorted(zarr.open_consolidated(str(node), mode="r").array_keys()) == sorted(ds.variables)
+        stage = node.name.rsplit("-", 1)[0]
+        if stage in ("decode", "labels"):
+            assert "t_s" in ds.coords and ds["t_s"].dims == ("frame",) and ds["t_s"].attrs["units"] == "s"
+        for var in ds.variables.values():
+            assert "unit" not in var.attrs
+    assert xr.open_zarr(next(cache.glob("ubfc.zarr/subject1/labels-*")))["bvp"].attrs["units"] == "a.u."
+
+
+def test_a_real_subject_as_a_datatree_and_as_plain_xarray(real_build):
+    pytest.importorskip("xarray")
+    import xarray as xr
+
+    _, cache, res = real_build
+    assert res.exit_code == 0, res.output
+    tree = rppg_prep.open_datatree(cache, "ubfc")
+    sid = sorted(tree.children)[0]
+    assert {"decode", "face", "labels", "clips", "st_map"} <= set(tree[sid].children)
+    labels = tree[f"{sid}/labels"].to_dataset()
+    t = np.asarray(labels["t_s"].values)
+    assert labels["t_s"].dims == ("frame",) and t.size > 1000 and np.all(np.diff(t) > 0)
+    np.testing.assert_array_equal(tree[f"{sid}/face"].to_dataset()["t_s"].values, t)
+    w = np.asarray(labels["window"].values)
+    np.testing.assert_array_equal(labels["window_start_s"].values, t[w[:, 0]])
+    for var in labels.variables.values():
+        assert "coordinates" not in var.attrs and "unit" not in var.attrs
+    plain = xr.open_zarr(cache / rppg_prep.read_manifest(cache, "ubfc", "ubfc")["subjects"][sid]["nodes"]["labels"]["path"])
+    np.testing.assert_array_equal(plain["t_s"].values, t)
+    assert "t_s" in plain.coords and plain["hr_bpm"].attrs["units"] == "bpm"
