@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 #: public name -> the module that owns it
 _LAZY = {
     "load_pipeline": "rppg_prep.pipeline", "Pipeline": "rppg_prep.pipeline",
-    "run_build": "rppg_prep.dag", "subject_status": "rppg_prep.dag", "gc": "rppg_prep.dag",
+    "run_build": "rppg_prep.dag", "subject_status": "rppg_prep.maintenance", "gc": "rppg_prep.maintenance",
     "open_build": "rppg_prep.manifest", "read_manifest": "rppg_prep.manifest",
     "open_datatree": "rppg_prep.datatree",
     "Stage": "rppg_prep.stage", "ArraySpec": "rppg_prep.stage",

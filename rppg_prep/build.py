@@ -27,13 +27,15 @@ from typing import Any
 
 from rppg_prep.datasets import Subject, get_loader, open_source, read_truth
 from rppg_prep.errors import GroundTruthError, RppgPrepError, StoreError, VideoDecodeError
-from rppg_prep.pipeline import ORDER, STAGES, Pipeline, load_pipeline
-from rppg_prep.stage import NodeContext, node_key, node_provenance
+from rppg_prep.manifest import SubjectResult
+from rppg_prep.pipeline import Pipeline
+from rppg_prep.stages import ORDER, STAGES
+from rppg_prep.stage import NodeContext, StreamCarry, node_key, node_provenance
 from rppg_prep.store import (NodeWriter, fingerprint, node_exists, node_path, open_node, parked_node,
                              restore_replaced)
 
-__all__ = ["plan_subject", "video_pass", "RUNNERS", "SubjectResult", "NodePlan", "environment_threads",
-           "Pipeline", "load_pipeline", "STAGES", "ORDER"]
+__all__ = ["plan_subject", "video_pass", "run_stage", "raw_files", "RUNNERS", "SubjectResult", "NodePlan",
+           "environment_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -75,60 +77,34 @@ class NodePlan:
     inputs: dict[str, tuple[Path, str]] = field(default_factory=dict)
 
 
-@dataclass
-class SubjectResult:
-    """What happened to one subject in a build (one record of the manifest).
-
-    Parameters
-    ----------
-    subject : str
-        Subject id.
-    status : {"ok", "failed"}
-    failed_stage : str, optional
-        The stage that failed (or was skipped first).
-    error : str, optional
-        The error, naming the subject and file.
-    frames : int
-        Frames decoded.
-    seconds : float
-        Wall-clock time of the tasks that ran, s.
-    bytes : int
-        Bytes on disk of the subject's nodes.
-    ran : list of str
-        Stages computed in this build (the rest were fresh).
-    nodes : dict
-        stage -> ``{"key": ..., "path": ...}`` (path relative to the cache).
-    notes : list of str
-        Warnings worth reading (face gaps, filled frame times, clock drift).
-    traceback : list of str
-        The last lines of the traceback of a failure.
-    input_file : str, optional
-        The file that caused a failure.
-    """
-
-    subject: str
-    status: str = "ok"
-    failed_stage: str | None = None
-    error: str | None = None
-    frames: int = 0
-    seconds: float = 0.0
-    bytes: int = 0
-    ran: list[str] = field(default_factory=list)
-    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    traceback: list[str] = field(default_factory=list)
-    input_file: str | None = None
-
-
 def _file_hash(path: Path, cache: Path, remember: bool = True) -> str:
     return fingerprint(path, cache, remember=remember) if Path(path).exists() else f"missing:{Path(path).name}"
 
 
-def _raw_inputs(subject: Subject) -> dict[str, dict[str, Path]]:
-    """Stage -> raw input role -> file, for the stages that read raw files."""
-    clock = getattr(get_loader(subject.dataset), "frame_clock_files", lambda s: ())(subject)
-    return {"decode": {"video": subject.video, **{f"frame_file{i}": Path(p) for i, p in enumerate(clock)}},
-            "labels": {f"truth{i}": Path(p) for i, p in enumerate(subject.truth)}}
+def raw_files(subject: Subject, roles: tuple[str, ...]) -> dict[str, Path]:
+    """The subject's raw files for the roles a stage declares (:attr:`rppg_prep.stage.Stage.raw_inputs`).
+
+    Parameters
+    ----------
+    subject : Subject
+    roles : tuple of str
+        Of :data:`rppg_prep.stage.RAW_ROLES`.
+
+    Returns
+    -------
+    dict of str to Path
+        Key entry -> file: ``video``, ``frame_file0..`` (the loader's ``frame_clock_files``),
+        ``truth0..``; these names enter the node key.
+    """
+    files: dict[str, Path] = {}
+    if "video" in roles:
+        files["video"] = subject.video
+    if "frame_clock" in roles:
+        clock = getattr(get_loader(subject.dataset), "frame_clock_files", lambda s: ())(subject)
+        files.update({f"frame_file{i}": Path(p) for i, p in enumerate(clock)})
+    if "truth" in roles:
+        files.update({f"truth{i}": Path(p) for i, p in enumerate(subject.truth)})
+    return files
 
 
 def _unchanged_inputs(subject: Subject, node: NodePlan) -> None:
@@ -136,7 +112,7 @@ def _unchanged_inputs(subject: Subject, node: NodePlan) -> None:
     cache = node.path.parents[2]
     for role, (path, planned) in node.inputs.items():
         if _file_hash(path, cache) != planned:
-            error = VideoDecodeError if node.stage == "decode" else GroundTruthError
+            error = GroundTruthError if role.startswith("truth") else VideoDecodeError
             raise error(f"the file changed while the build ran ({role} of node {node.stage}); nothing computed "
                         "from it was kept; run the build again", subject=subject.id, path=path)
 
@@ -170,17 +146,17 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path, *, read_on
     cache = Path(cache)
     if not subject.video.exists():
         raise VideoDecodeError("video file (or frame folder) is missing", subject=subject.id, path=subject.video)
-    # the frame source may read files besides the video (VIPL-HR's time.txt holds the frame clock)
-    raw = {st: {role: (p, _file_hash(p, cache, remember=not read_only)) for role, p in files.items()}
-           for st, files in _raw_inputs(subject).items()}
-    loader = get_loader(subject.dataset)
-    files = {st: {role: h for role, (_, h) in ins.items()} for st, ins in raw.items()}
-    files["labels"]["loader"] = f"{subject.dataset}/{getattr(loader, 'VERSION', '1')}"
+    loader_version = f"{subject.dataset}/{getattr(get_loader(subject.dataset), 'VERSION', '1')}"
     keys: dict[str, str] = {}
     plan = {}
     for name in ORDER:
         st = STAGES[name]
-        key = node_key(st, pipe.params[name], {u: keys[u] for u in st.inputs}, files.get(name, {}))
+        raw = {role: (p, _file_hash(p, cache, remember=not read_only))
+               for role, p in raw_files(subject, st.raw_inputs).items()}
+        files = {role: h for role, (_, h) in raw.items()}
+        if "truth" in st.raw_inputs:  # the loader reads the truth: a change in how it does is a change
+            files["loader"] = loader_version
+        key = node_key(st, pipe.params[name], {u: keys[u] for u in st.inputs}, files)
         keys[name] = key
         path = node_path(cache, pipe.dataset, subject.id, name, key)
         # a replace a crash interrupted is finished first (store.restore_replaced): the old node counts
@@ -188,7 +164,7 @@ def plan_subject(pipe: Pipeline, subject: Subject, cache: str | Path, *, read_on
             fresh = node_exists(path) or parked_node(path) is not None
         else:
             fresh = node_exists(path) or (restore_replaced(path) and node_exists(path))
-        plan[name] = NodePlan(name, key, path, fresh, inputs=raw.get(name, {}))
+        plan[name] = NodePlan(name, key, path, fresh, inputs=raw)
     return plan
 
 
@@ -215,17 +191,19 @@ def _node_io(subject: Subject, node: NodePlan):
 
 def _ctx(pipe: Pipeline, subject: Subject, name: str, inputs: dict[str, Any], writer: NodeWriter | None,
          progress: ProgressFn) -> NodeContext:
-    return NodeContext(STAGES[name], subject, pipe.params[name], inputs, writer,
+    st = STAGES[name]
+    return NodeContext(st, subject, pipe.params[name], inputs, writer,
                        lambda done, total: progress(subject.id, name, done, total),
-                       truth=lambda: read_truth(subject))  # the loader, then the shared checks
+                       # the loader, then the shared checks; only for a stage whose key follows the truth files
+                       truth=(lambda: read_truth(subject)) if "truth" in st.raw_inputs else None)
 
 
 def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res: SubjectResult,
                progress: ProgressFn) -> None:
     """Stream the frames once through the streaming stages (decode, landmarks, face) whose nodes are missing.
 
-    Every streaming stage is a consumer of the pass (its kernel, ``Stage.fn``): a missing node is
-    computed and written, a fresh one that a missing later stage needs is read back. Nodes are
+    Every streaming stage is a consumer of the pass (its kernel, ``Stage.fn``, given the pass's one
+    :class:`~rppg_prep.stage.StreamCarry`): a missing node is computed and written, a fresh one that a missing later stage needs is read back. Nodes are
     committed in stage order, so a face that fails still leaves its decode and landmarks nodes.
 
     Parameters
@@ -254,7 +232,7 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
         if name in wanted:
             wanted |= {u for u in STAGES[name].inputs if u in streaming}
     source = open_source(subject)
-    carry: dict[str, Any] = {"info": source.info}
+    carry = StreamCarry(info=source.info)
     consumers: list[tuple[str, NodeContext, Any]] = []
     committed: set[str] = set()
     try:
@@ -278,7 +256,7 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
                 with _node_io(subject, plan[name]):
                     consumer.push(batch, carry)
             progress(subject.id, shown, batch.start + len(batch.frames), total)
-        res.frames = carry.get("n_frames", 0)
+        res.frames = carry.n_frames
         for name, ctx, consumer in consumers:
             with _node_io(subject, plan[name]):
                 consumer.finish(carry)

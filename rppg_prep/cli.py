@@ -238,8 +238,8 @@ def status(pipeline: str, root: Path | None, cache: Path, subjects: tuple[str, .
 def _status_table(console, pipe, subjects, cache: Path, title: str) -> bool:
     from rich.table import Table
 
-    from rppg_prep.build import ORDER
-    from rppg_prep.dag import subject_status
+    from rppg_prep.stages import ORDER
+    from rppg_prep.maintenance import subject_status
 
     table = Table(title=title)
     table.add_column("subject")
@@ -520,7 +520,7 @@ def verify(pipeline: str, cache: Path, repair: bool) -> None:
     from rich.progress import Progress
 
     from rppg_prep.errors import RppgPrepError
-    from rppg_prep.integrity import verify_build
+    from rppg_prep.maintenance import verify_build
 
     console = stderr_console()
     pipe = load_pipeline_or_exit(pipeline)
@@ -546,7 +546,7 @@ def verify(pipeline: str, cache: Path, repair: bool) -> None:
     if not repair:
         click.echo("run `rppg-prep verify --repair` to rebuild them")
         sys.exit(1)
-    from rppg_prep.dag import repair as repair_build
+    from rppg_prep.maintenance import repair as repair_build
 
     try:
         results, removed = repair_build(pipe, cache, problems)
@@ -588,7 +588,7 @@ def gc_command(cache: Path, dry_run: bool, older_than: float | None, all_stale: 
     that starts meanwhile waits for gc), or when a manifest cannot be read or
     does not validate (the error names it).
     """
-    from rppg_prep.dag import gc
+    from rppg_prep.maintenance import gc
     from rppg_prep.errors import RppgPrepError
 
     if older_than is not None and all_stale:

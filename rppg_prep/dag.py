@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import re
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -47,26 +47,28 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rppg_prep.build import (RUNNERS, NodePlan, SubjectResult, dir_bytes, environment_threads, plan_subject,
-                             video_pass)
+from rppg_prep.build import RUNNERS, NodePlan, environment_threads, plan_subject, raw_files, video_pass
 from rppg_prep.datasets import Subject
-from rppg_prep.pipeline import ORDER, STAGES, Pipeline
-from rppg_prep.errors import ConfigError, ManifestError, RppgPrepError, VideoDecodeError
-from rppg_prep.manifest import config_digest, forget_superseded, read_manifest, record_build, referenced_nodes
-from rppg_prep.store import gc_lock, holding_build_lock, node_attrs, node_bytes, node_exists, node_lock, open_node
+from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
+from rppg_prep.manifest import SubjectResult, record_build
+from rppg_prep.pipeline import Pipeline
+from rppg_prep.stages import ORDER, STAGES, STREAMING, clock_stage, video_stage
+from rppg_prep.store import holding_build_lock, node_attrs, node_bytes, node_exists, node_lock
 
-__all__ = ["run_build", "subject_status", "gc", "repair", "VIDEO_STAGES", "TASK_STAGES"]
+__all__ = ["run_build", "task_key", "parse_task_key", "batch_keys", "VIDEO_TASK", "VIDEO_STAGES", "TASK_STAGES"]
 
 log = logging.getLogger(__name__)
 
-#: the stages fed by the one streaming pass over the frames: one task, "video"
-VIDEO_STAGES = tuple(s for s in ORDER if STAGES[s].streams)
+#: the task that runs the one streaming pass over the frames
+VIDEO_TASK = "video"
+#: the stages fed by the one streaming pass over the frames: one task, :data:`VIDEO_TASK`
+VIDEO_STAGES = STREAMING
 #: task name -> stages it writes (derived from the stage declarations)
-TASK_STAGES = {"video": VIDEO_STAGES, **{s: (s,) for s in ORDER if not STAGES[s].streams}}
+TASK_STAGES = {VIDEO_TASK: VIDEO_STAGES, **{s: (s,) for s in ORDER if not STAGES[s].streams}}
 
 
 def _task_of(stage: str) -> str:
-    return "video" if stage in VIDEO_STAGES else stage
+    return VIDEO_TASK if stage in VIDEO_STAGES else stage
 
 
 #: task name -> the tasks whose nodes it reads (from the stages' declared inputs)
@@ -107,24 +109,20 @@ def _locked_plan(cache: str | Path, plan: dict[str, NodePlan], stages: Iterable[
 
 
 def _stage_input(subject: Subject, stage: str) -> str:
-    """The raw file ``stage`` reads (labels: the ground truth; the video stages: the video), for errors.
-
-    A stage with no raw input of its own (clips, st_map read the face node) names the video its
-    input derives from.
+    """The raw file ``stage`` reads (its first declared raw input: labels the ground truth, decode
+    the video), for errors. A stage with none of its own (landmarks, face, clips, st_map) names the
+    video its input derives from.
     """
-    from rppg_prep.build import _raw_inputs
-
     try:
-        raw = _raw_inputs(subject)
+        files = raw_files(subject, STAGES[stage].raw_inputs) if stage in STAGES else {}
     except Exception:  # naming a file must never hide the error it names
         return str(subject.video)
-    files = raw.get("decode" if stage in VIDEO_STAGES else stage) or raw["decode"]
     return str(next(iter(files.values()), subject.video))
 
 
 def _failed(subject: Subject, task: str, stage: str, exc: BaseException) -> Outcome:
     if isinstance(exc, VideoDecodeError):
-        stage = "decode"
+        stage = clock_stage()
     tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
     own = _stage_input(subject, stage)
     if isinstance(exc, RppgPrepError):
@@ -148,7 +146,7 @@ def run_task(task: str, pipe: Pipeline, subject: Subject, cache: str, plan: dict
     _inject_fault(task, subject)
     environment_threads()  # again in this process: a dask.distributed worker is a process of its own
     # a video task's only upstream is the previous video pass of its lane: an ordering edge, not data
-    bad = [] if task == "video" else [u for u in upstream if u.status != "ok"]
+    bad = [] if task == VIDEO_TASK else [u for u in upstream if u.status != "ok"]
     if bad:
         return Outcome(subject.id, task, "skipped", TASK_STAGES[task][0],
                        f"not built: {bad[0].task} of subject {subject.id} did not finish")
@@ -158,9 +156,9 @@ def run_task(task: str, pipe: Pipeline, subject: Subject, cache: str, plan: dict
     stage = TASK_STAGES[task][0]
     try:
         with _locked_plan(cache, plan, TASK_STAGES[task]):
-            if task == "video":
+            if task == VIDEO_TASK:
                 if not all(plan[s].fresh for s in VIDEO_STAGES):
-                    stage = "face"
+                    stage = video_stage()
                     video_pass(pipe, subject, plan, res, progress)
             elif not plan[task].fresh:
                 RUNNERS[task](pipe, subject, plan, res, progress)
@@ -221,9 +219,52 @@ def _security(scheduler: str, security: Any) -> Any:
     return security
 
 
-def _task_key(task: str, subject: Subject, plan: dict[str, NodePlan]) -> str:
-    node = plan["face" if task == "video" else task]
-    return f"{task}-{node.key[:16]}-{subject.id}"
+_TASK_KEY = re.compile(r"(?P<task>.+?)-(?P<node>[0-9a-f]{16})-(?P<subject>.+)")
+
+
+def task_key(task: str, subject: str, plan: dict[str, NodePlan]) -> str:
+    """The dask key of one task: ``<task>-<16 hex of its last node's key>-<subject id>``.
+
+    The node key in it makes two builds that share a scheduler give different keys to different
+    work; :func:`parse_task_key` reads it back.
+
+    Parameters
+    ----------
+    task : str
+        A task of :data:`TASK_STAGES`.
+    subject : str
+        The subject id.
+    plan : dict of str to NodePlan
+        The subject's plan (:func:`rppg_prep.build.plan_subject`).
+
+    Returns
+    -------
+    str
+    """
+    return f"{task}-{plan[TASK_STAGES[task][-1]].key[:16]}-{subject}"
+
+
+def parse_task_key(key: Any) -> tuple[str, str]:
+    """Read a :func:`task_key` back (a subject id may hold ``-``; a task name may too).
+
+    Parameters
+    ----------
+    key : str
+        A dask key of this module's graphs.
+
+    Returns
+    -------
+    task, subject : str
+
+    Raises
+    ------
+    ValueError
+        Not a task key of this module.
+    """
+    m = _TASK_KEY.fullmatch(str(key))
+    if m is None:
+        raise ValueError(f"{key!r} is not a task key (<task>-<16 hex>-<subject>)")
+    return m["task"], m["subject"]
 
 
 # --------------------------------------------------------------------------- graph and execution
@@ -239,14 +280,14 @@ def build_graph(pipe: Pipeline, plans: list[tuple[Subject, dict[str, NodePlan]]]
     keys: list[str] = []
     videos: list[str] = []
     for subject, plan in plans:
-        names = {t: _task_key(t, subject, plan) for t in TASK_STAGES}
+        names = {t: task_key(t, subject.id, plan) for t in TASK_STAGES}
         for task, deps in TASK_DEPS.items():
             args = [names[d] for d in deps]
-            if task == "video" and video_lanes and len(videos) >= video_lanes:
+            if task == VIDEO_TASK and video_lanes and len(videos) >= video_lanes:
                 args.append(videos[-video_lanes])  # an ordering edge only: its outcome is ignored
             dsk[names[task]] = (partial(run_task, task, pipe, subject, str(cache), plan, progress), *args)
             keys.append(names[task])
-        videos.append(names["video"])
+        videos.append(names[VIDEO_TASK])
     return dsk, keys
 
 
@@ -321,7 +362,7 @@ def _run_threads(dsk: dict, keys: list[str], on_outcome: Callable[[Outcome], Non
 
     video, stage = machine_lanes()
 
-    pool = _LaneExecutor(video, stage, {k for k in dsk if str(k).startswith("video-")}, set(dsk))
+    pool = _LaneExecutor(video, stage, {k for k in dsk if parse_task_key(k)[0] == VIDEO_TASK}, set(dsk))
     try:
         with Callback(posttask=lambda key, result, dsk, state, worker_id: on_outcome(result)):
             dask.threaded.get(dsk, keys, pool=pool, chunksize=1)
@@ -331,11 +372,15 @@ def _run_threads(dsk: dict, keys: list[str], on_outcome: Callable[[Outcome], Non
 
 def _lost(key: str, subject: str, exc: BaseException | None) -> Outcome:
     """The outcome of a task that a dask.distributed worker took down with it."""
-    task = key.split("-", 1)[0]
+    task = parse_task_key(key)[0]
     culprit = str(getattr(exc, "task", None) or key)
     if culprit != key:  # it was an upstream task that killed its worker
+        try:
+            what = parse_task_key(culprit)[0]
+        except ValueError:
+            what = culprit
         return Outcome(subject, task, "skipped", TASK_STAGES[task][0],
-                       f"not built: {culprit.split('-', 1)[0]} of subject {subject} did not finish")
+                       f"not built: {what} of subject {subject} did not finish")
     return Outcome(subject, task, "failed", TASK_STAGES[task][0],
                    f"subject {subject}: the worker process died while running {task} "
                    f"({type(exc).__name__}: {exc})")
@@ -417,8 +462,9 @@ def _merge(result: SubjectResult, out: Outcome) -> None:
 def _finalize(result: SubjectResult, plan: dict[str, NodePlan] | None) -> SubjectResult:
     result.ran.sort(key=ORDER.index)
     if plan is not None and result.status == "ok":
-        if not result.frames and node_exists(plan["decode"].path):
-            result.frames = int(node_attrs(plan["decode"].path)["n_frames"])
+        clock = plan[clock_stage()].path
+        if not result.frames and node_exists(clock):
+            result.frames = int(node_attrs(clock)["n_frames"])
         result.bytes = sum(node_bytes(p.path) for p in plan.values())
     return result
 
@@ -486,7 +532,7 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
         try:
             plan = plan_subject(pipe, subj, cache)
         except Exception as exc:  # a missing video: nothing of this subject can be keyed
-            _merge(results[subj.id], _failed(subj, "video", "decode", exc))
+            _merge(results[subj.id], _failed(subj, VIDEO_TASK, clock_stage(), exc))
             continue
         for name in force + tuple(st for sid, st in force_nodes if sid == subj.id):
             plan[name].fresh, plan[name].force = False, True
@@ -523,238 +569,7 @@ def run_build(pipe: Pipeline, subjects: list[Subject], cache: str | Path, *, roo
         if threads:
             _run_threads(dsk, keys, on_outcome)
         else:
-            owners = {k: next(s.id for s, _ in plans if k.endswith("-" + s.id)) for k in keys}
+            owners = {k: parse_task_key(k)[1] for k in keys}
             _run_distributed(dsk, keys, scheduler, workers, partial(_client_sees, on_outcome, plan_of), owners,
                              security=security, dashboard=dashboard)
     return [results[s.id] for s in subjects]
-
-
-# --------------------------------------------------------------------------- status and gc
-
-def _why_stale(old_attrs: dict[str, Any], pipe: Pipeline, stage: str, plan: dict[str, NodePlan]) -> str:
-    new_params = pipe.config()[stage]
-    changed = [f"{k} {old_attrs.get('params', {}).get(k)!r} -> {v!r}" for k, v in new_params.items()
-               if old_attrs.get("params", {}).get(k) != v]
-    if changed:
-        return "params changed: " + ", ".join(changed)
-    ups = [u for u, k in old_attrs.get("inputs", {}).items() if u in plan and plan[u].key != k]
-    if ups:
-        return "upstream changed: " + ", ".join(ups)
-    if old_attrs.get("version") is not None:
-        return "stage version or input file changed"
-    return "key changed"
-
-
-def subject_status(pipe: Pipeline, subject: Subject, cache: str | Path) -> dict[str, tuple[str, str]]:
-    """Per stage of ``subject``: whether its node is fresh for the current config, and why not.
-
-    Parameters
-    ----------
-    pipe : Pipeline
-        The resolved pipeline.
-    subject : Subject
-        One subject of ``pipe.dataset``.
-    cache : str or Path
-        Store root.
-
-    Returns
-    -------
-    dict of str to (str, str)
-        Stage -> (``fresh`` | ``stale`` | ``missing`` | ``failed``, reason): a stale node names the
-        params or upstream nodes that changed; a failed one carries the recorded error.
-    """
-    try:
-        rec = read_manifest(cache, pipe.dataset, pipe.name).get("subjects", {}).get(subject.id, {})
-    except ManifestError as exc:  # a manifest that does not validate is reported, never read as "no record"
-        return {s: ("failed", str(exc)) for s in ORDER}
-    except RppgPrepError:  # no build yet
-        rec = {}
-    try:
-        plan = plan_subject(pipe, subject, cache, read_only=True)
-    except RppgPrepError as exc:
-        return {s: ("failed", str(exc)) for s in ORDER}
-    out: dict[str, tuple[str, str]] = {}
-    failed_upstream = None
-    for stage in ORDER:
-        node = plan[stage]
-        old = rec.get("nodes", {}).get(stage, {})
-        if node.fresh:
-            out[stage] = ("fresh", "")
-        elif rec.get("status") == "failed" and rec.get("failed_stage") == stage and old.get("key") == node.key:
-            out[stage] = ("failed", rec.get("error") or "")
-            failed_upstream = stage
-        elif failed_upstream:
-            out[stage] = ("missing", f"upstream {failed_upstream} failed")
-        elif old.get("key") and old["key"] != node.key:
-            old_path = Path(cache) / old["path"]
-            attrs = dict(open_node(old_path).attrs) if node_exists(old_path) else {}
-            out[stage] = ("stale", _why_stale(attrs, pipe, stage, plan))
-        else:
-            out[stage] = ("missing", "never built with this config")
-    return out
-
-
-def _referenced(cache: Path, *, older_than_days: float | None = None, all_stale: bool = False) -> set[Path]:
-    return referenced_nodes(cache, older_than_days=older_than_days, all_stale=all_stale)
-
-
-def _node_dirs(cache: Path) -> Iterator[Path]:
-    for store in cache.glob("*.zarr"):
-        for subject in (p for p in store.iterdir() if p.is_dir()):
-            yield from (p for p in subject.iterdir() if p.is_dir())
-
-
-def gc(cache: str | Path, *, dry_run: bool = False, older_than_days: float | None = None,
-       all_stale: bool = False) -> tuple[list[Path], int]:
-    """Remove nodes no build manifest lists, and partial nodes no build is writing.
-
-    The rule: a node is removed only when no manifest lists it, neither as a subject's current
-    node nor as a superseded one (a node that a later build of its subject replaced). A manifest
-    keeps every subject ever built under its pipeline name, whatever ``--root``, config or
-    ``--subjects`` a later build had (:func:`rppg_prep.manifest.record_build`). Superseded nodes
-    go only when asked: ``older_than_days`` removes those superseded more than that many days ago,
-    ``all_stale`` all of them (the manifests then forget them).
-
-    Safety: gc holds the cache alone (:func:`rppg_prep.store.gc_lock`). While any build holds its
-    build lock (:func:`run_build`, :func:`repair` and ST2S's derived nodes hold one from before they
-    plan until their nodes are recorded) gc removes nothing and raises :class:`CacheBusyError`; a
-    build that starts during a gc waits for it to finish. Every manifest, nested folders too, is
-    read and validated first (:func:`rppg_prep.manifest.referenced_nodes`): one that cannot be read
-    or does not validate stops gc before anything is removed.
-
-    Parameters
-    ----------
-    cache : str or Path
-        Store root.
-    dry_run : bool
-        List what would be removed and remove nothing (the manifests are not changed either).
-    older_than_days : float, optional
-        Also remove superseded nodes superseded more than this many days ago.
-    all_stale : bool
-        Also remove every superseded node.
-
-    Returns
-    -------
-    removed : list of Path
-        Node and partial folders removed (or that would be).
-    bytes_freed : int
-        Their size on disk.
-
-    Raises
-    ------
-    CacheBusyError
-        A build is running on this cache; nothing was removed.
-    ManifestError
-        A manifest cannot be read or does not validate; nothing was removed.
-    """
-    cache = Path(cache)
-    if not cache.is_dir():
-        return [], 0
-    with gc_lock(cache):
-        if not dry_run:  # a replace a crash interrupted puts its old node back first (never deleted)
-            from rppg_prep.store import recover_replaced
-
-            recover_replaced(cache)
-        refs = _referenced(cache, older_than_days=older_than_days, all_stale=all_stale)
-        victims = [p for p in _node_dirs(cache) if p.resolve() not in refs]
-        for part in sorted((cache / ".partial").glob("*")) if (cache / ".partial").exists() else []:
-            key = part.name.split(".", 1)[0].rsplit("-", 1)[-1]
-            try:
-                with node_lock(cache, key, timeout_s=0):
-                    victims.append(part)
-            except Exception:  # a running build holds it
-                continue
-        freed = sum(dir_bytes(p) for p in victims)
-        if not dry_run:
-            forget_superseded(cache, older_than_days=older_than_days, all_stale=all_stale)
-            for p in victims:
-                shutil.rmtree(p, ignore_errors=True)
-            for store in cache.glob("*.zarr"):
-                for subject in (p for p in store.iterdir() if p.is_dir()):
-                    if not any(c.is_dir() for c in subject.iterdir()):
-                        shutil.rmtree(subject, ignore_errors=True)
-    return victims, freed
-
-
-@holding_build_lock
-def repair(pipe: Pipeline, cache: str | Path, problems: list, *,
-           progress: ProgressFn | None = None) -> tuple[list[SubjectResult], list[str]]:
-    """Rebuild exactly the nodes :func:`rppg_prep.integrity.verify_build` found damaged.
-
-    Each damaged core node is recomputed from the dataset root the manifest records and replaces
-    the damaged one atomically; every other node is kept. A damaged node derived from a trained
-    model (ST2S's ``st2s_pred`` / ``split``) cannot be rebuilt without retraining: it is removed
-    and dropped from the manifest.
-
-    Parameters
-    ----------
-    pipe : Pipeline
-        The build's pipeline (its config must be the manifest's).
-    cache : str or Path
-        Store root.
-    problems : list of ChunkProblem
-        From :func:`rppg_prep.integrity.verify_build`.
-    progress : callable (subject, stage, done, total), optional
-
-    Returns
-    -------
-    results : list of SubjectResult
-        One per subject rebuilt; a damaged subject no longer under the recorded root is a failed
-        result naming the subject and the root (the others are still repaired).
-    removed : list of str
-        Derived nodes removed (rebuild them with ``rppg-prep train st2s``).
-
-    Raises
-    ------
-    ConfigError
-        ``pipe``'s config differs from the build's, or a damaged subject was built with another
-        config (the manifest keeps subjects of earlier builds).
-    DatasetLayoutError
-        The dataset root of the build (each subject's own root) is gone.
-    """
-    from rppg_prep.datasets import get_loader
-    from rppg_prep.manifest import forget_nodes
-
-    man = read_manifest(cache, pipe.dataset, pipe.name)
-    if man.get("config") != pipe.config():
-        raise ConfigError(f"pipeline {pipe.name!r} now resolves to another config than the one the build used; "
-                          "repair rebuilds with the build's own settings only")
-    core = {(p.subject, p.stage) for p in problems if p.stage in ORDER}
-    latest = config_digest(pipe.config())  # a subject the manifest kept from a build with another config
-    earlier = sorted({sid for sid, _ in core if man["subjects"].get(sid, {}).get("config_digest", latest) != latest})
-    if earlier:
-        raise ConfigError(f"subject(s) {', '.join(earlier)} of build {pipe.name!r} were built with another config "
-                          "than the build's latest; repair rebuilds with a node's own settings only: rebuild them "
-                          f"with `rppg-prep build {pipe.name} --subjects {','.join(earlier)}`")
-    derived = sorted({(p.subject, p.stage, p.node) for p in problems if p.stage not in ORDER})
-    removed = []
-    for sid, stage, node in derived:
-        if node.exists():
-            trash = Path(cache) / ".partial" / f"{node.name}.damaged-{os.getpid()}"
-            trash.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(node, trash)  # gone at once, then deleted: never a half-deleted node in place
-            shutil.rmtree(trash, ignore_errors=True)
-        removed.append(f"subject {sid}, {stage} ({node.name})")
-    if derived:
-        forget_nodes(cache, pipe.dataset, pipe.name, {sid: [st for s2, st, _ in derived if s2 == sid]
-                                                      for sid, _, _ in derived})
-    if not core:
-        return [], removed
-    damaged = sorted({sid for sid, _ in core})
-    # each subject is rebuilt from the root it was built from (a manifest keeps subjects of several)
-    roots = {sid: man["subjects"].get(sid, {}).get("root") or man["root"] for sid in damaged}
-    found = {s.id: s for r in sorted(set(roots.values())) for s in get_loader(pipe.dataset).find_subjects(r)
-             if roots.get(s.id) == r}
-    gone = []
-    for sid in (s for s in damaged if s not in found):  # moved or deleted since the build: say so, repair the rest
-        stages = sorted((st for s2, st in core if s2 == sid), key=ORDER.index)
-        gone.append(SubjectResult(
-            sid, status="failed", failed_stage=stages[0], input_file=roots[sid],
-            error=f"subject {sid}: not found under the dataset root {roots[sid]} that the build recorded, so its "
-                  f"damaged node(s) ({', '.join(stages)}) cannot be rebuilt; put the recording back there, or "
-                  "rebuild it with `rppg-prep build --root DIR`. The other subjects are repaired"))
-    subjects = [found[sid] for sid in damaged if sid in found]
-    results = [res for r in sorted({roots[s.id] for s in subjects})
-               for res in run_build(pipe, [s for s in subjects if roots[s.id] == r], cache, root=r,
-                                    force_nodes=core, progress=progress)]
-    return results + gone, removed

@@ -12,14 +12,14 @@ replaced by another valid chunk passes its own checksum but changes the digest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ChunkProblem", "content_digest", "check_node", "chunk_paths", "verify_build"]
+__all__ = ["ChunkProblem", "content_digest", "check_node", "chunk_paths"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class ChunkProblem:
         before checksums existed).
     path : Path or None
         The chunk file.
+    subject, stage : str
+        Whose node it is: from the node's own attributes (:func:`check_node`), or from the manifest
+        that references it (``rppg_prep.maintenance.verify_build``); ``""`` when neither says.
     """
 
     node: Path
@@ -48,16 +51,8 @@ class ChunkProblem:
     chunk: tuple[int, ...]
     problem: str
     path: Path | None = None
-
-    @property
-    def subject(self) -> str:
-        """The subject id (the node's parent folder)."""
-        return self.node.parent.name
-
-    @property
-    def stage(self) -> str:
-        """The stage name (the node folder is ``<stage>-<key12>``)."""
-        return self.node.name.rsplit("-", 1)[0]
+    subject: str = ""
+    stage: str = ""
 
     def __str__(self) -> str:
         where = f"array {self.array}" if self.array else "node"
@@ -145,7 +140,7 @@ def check_node(node: str | Path) -> list[ChunkProblem]:
     -------
     list of ChunkProblem
         Empty when every chunk is present, matches its CRC-32C, and the node's content digest is
-        the one recorded at commit.
+        the one recorded at commit. Each names the subject and stage of the node's attributes.
     """
     import google_crc32c
 
@@ -179,50 +174,5 @@ def check_node(node: str | Path) -> list[ChunkProblem]:
             problems.append(ChunkProblem(node, "", (), "no checksums"))
         elif content_digest(node) != recorded:
             problems.append(ChunkProblem(node, "", (), "digest"))
-    return problems
-
-
-def verify_build(cache: str | Path, dataset: str, pipeline: str,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[int, list[ChunkProblem]]:
-    """Check every chunk of every node a build's manifest references.
-
-    Parameters
-    ----------
-    cache : str or Path
-        Store root.
-    dataset, pipeline : str
-        The build.
-    progress : callable (done, total), optional
-        Called after each node.
-
-    Returns
-    -------
-    n_nodes : int
-        Nodes checked (of the subjects whose build succeeded).
-    problems : list of ChunkProblem
-        Empty when the store is intact; a node folder that is gone is one ``missing`` problem. A node
-        an interrupted replace left parked (``store.parked_node``) is checked where it lies: the next
-        build puts it back, and checking writes nothing.
-
-    Raises
-    ------
-    StoreError
-        No such build, or its manifest is unreadable.
-    """
-    from rppg_prep.manifest import read_manifest
-    from rppg_prep.store import parked_node
-
-    man = read_manifest(cache, dataset, pipeline)
-    nodes = [Path(cache) / n["path"] for rec in man["subjects"].values() if rec.get("status") == "ok"
-             for n in rec["nodes"].values()]
-    problems: list[ChunkProblem] = []
-    for i, node in enumerate(nodes):
-        if (node / "zarr.json").exists():
-            problems.extend(check_node(node))
-        elif (parked := parked_node(node)) is not None:
-            problems.extend(check_node(parked))
-        else:
-            problems.append(ChunkProblem(node, "", (), "missing", node))
-        if progress:
-            progress(i + 1, len(nodes))
-    return len(nodes), problems
+    owner = {"subject": str(attrs.get("subject", "")), "stage": str(attrs.get("stage", ""))}
+    return [dataclasses.replace(p, **owner) for p in problems]

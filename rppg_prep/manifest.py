@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +37,57 @@ from rppg_prep.store import check_name, dataset_store, file_lock, node_path, ope
 if TYPE_CHECKING:
     import zarr
 
-    from rppg_prep.build import SubjectResult
     from rppg_prep.pipeline import Pipeline
 
-__all__ = ["manifest_path", "read_manifest", "validate_manifest", "record_build", "record_nodes", "forget_nodes",
+__all__ = ["SubjectResult", "manifest_path", "read_manifest", "validate_manifest", "record_build", "record_nodes", "forget_nodes",
            "build_key", "open_build", "config_digest", "referenced_nodes", "forget_superseded"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class SubjectResult:
+    """What happened to one subject in a build (one record of the manifest).
+
+    Parameters
+    ----------
+    subject : str
+        Subject id.
+    status : {"ok", "failed"}
+    failed_stage : str, optional
+        The stage that failed (or was skipped first).
+    error : str, optional
+        The error, naming the subject and file.
+    frames : int
+        Frames decoded.
+    seconds : float
+        Wall-clock time of the tasks that ran, s.
+    bytes : int
+        Bytes on disk of the subject's nodes.
+    ran : list of str
+        Stages computed in this build (the rest were fresh).
+    nodes : dict
+        stage -> ``{"key": ..., "path": ...}`` (path relative to the cache).
+    notes : list of str
+        Warnings worth reading (face gaps, filled frame times, clock drift).
+    traceback : list of str
+        The last lines of the traceback of a failure.
+    input_file : str, optional
+        The file that caused a failure.
+    """
+
+    subject: str
+    status: str = "ok"
+    failed_stage: str | None = None
+    error: str | None = None
+    frames: int = 0
+    seconds: float = 0.0
+    bytes: int = 0
+    ran: list[str] = field(default_factory=list)
+    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    traceback: list[str] = field(default_factory=list)
+    input_file: str | None = None
 
 
 def manifest_path(cache: str | Path, dataset: str, pipeline: str) -> Path:

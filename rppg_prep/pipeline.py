@@ -18,16 +18,12 @@ from typing import Any
 import yaml
 
 from rppg_prep.errors import ConfigError
-from rppg_prep.stage import Stage, canonical_json, params_from_dict
-from rppg_prep.stages import CORE, topological_order
+from rppg_prep.stage import canonical_json, params_from_dict
+from rppg_prep.stages import ORDER, STAGES
 from rppg_prep.store import check_name
 
 __all__ = ["Pipeline", "load_pipeline", "pipeline_file", "pipeline_names", "STAGES", "ORDER"]
 
-#: core stage name -> declaration
-STAGES: dict[str, Stage] = CORE
-#: core stages in execution order (every stage after its inputs)
-ORDER: tuple[str, ...] = topological_order(CORE)
 PIPELINES_PACKAGE = "rppg_prep.pipelines"
 
 

@@ -17,13 +17,14 @@ import numpy as np
 from rppg_prep.datasets import natural_key
 from rppg_prep.errors import StoreError
 from rppg_prep.manifest import manifest_path, read_manifest
+from rppg_prep.stages import ORDER
+from rppg_prep.stages.labels import label_name
 from rppg_prep.store import node_exists, open_node
 
 __all__ = ["summarize_build", "inspect_png", "array_disk_bytes", "landmarks_in_crop"]
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("decode", "landmarks", "face", "clips", "st_map", "labels")
 N_CROPS = 16
 N_ST_IMAGES = 4
 
@@ -90,7 +91,7 @@ def _nodes(cache: str | Path, sid: str, rec: dict[str, Any]) -> dict[str, tuple[
     subject contributes the nodes it finished.
     """
     out = {}
-    for stage in sorted(rec.get("nodes", {}), key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else 99):
+    for stage in sorted(rec.get("nodes", {}), key=lambda s: ORDER.index(s) if s in ORDER else 99):
         path = Path(cache) / rec["nodes"][stage]["path"]
         if rec.get("status") != "ok" and not node_exists(path):
             continue
@@ -236,11 +237,12 @@ def inspect_png(cache: str | Path, dataset: str, pipeline: str, subject: str, ou
             log.warning("%s: no ST segment (video shorter than one segment); ST PNG skipped", subject)
     if not missing("labels", ("labels", "decode")):
         lab = nodes["labels"]
+        dev, beats = label_name("", "hr_device"), label_name("", "hr_beats")
         written.append(plots.labels_figure(
             lab["t_s"][:] if "t_s" in lab else nodes["decode"]["t_s"][:], lab["bvp"][:], lab["window"][:],
-            lab["hr_bpm"][:], lab["hr_device_window_bpm"][:] if "hr_device_window_bpm" in lab else None,
+            lab[label_name("", "hr")][:], lab[dev][:] if dev in lab else None,
             out_dir / f"{subject}_labels.png", title=f"{subject}: labels",
-            hr_beats_bpm=lab["hr_beats_bpm"][:] if "hr_beats_bpm" in lab else None))
+            hr_beats_bpm=lab[beats][:] if beats in lab else None))
     if alignment is not None:
         written.append(plots.lag_curve_figure([alignment], out_dir / f"{subject}_alignment.png",
                                               title=f"{subject}: does the label line up with the pixels?"))

@@ -14,17 +14,28 @@ import enum
 import hashlib
 import json
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ArraySpec", "Stage", "NodeContext", "canonical_json", "node_key", "node_provenance", "params_from_dict"]
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rppg_prep.sources import VideoInfo
+
+__all__ = ["ArraySpec", "Stage", "NodeContext", "StreamCarry", "streaming_kernel", "canonical_json", "node_key",
+           "node_provenance", "params_from_dict"]
 
 KEY_LEN = 64
 #: on-disk format of every node; part of every key, so a change rebuilds every node once
 #: (2: each chunk ends with its CRC-32C, empty chunks are written, nodes record a content digest)
 STORE_FORMAT = "2"
+
+
+#: the roles of a subject's raw files a stage can declare (:attr:`Stage.raw_inputs`)
+RAW_ROLES = ("video", "frame_clock", "truth")
 
 
 @dataclass(frozen=True)
@@ -68,11 +79,19 @@ class Stage:
         its inputs (:func:`rppg_prep.stages.topological_order`).
     outputs : tuple of ArraySpec
         The arrays the node holds; the kernel creates them from these (:meth:`NodeContext.create`).
-    fn : callable (NodeContext) -> None, or (NodeContext) -> FrameConsumer
-        The kernel. A stage that reads other nodes writes its node in one call. A ``streams``
-        stage returns a consumer of the one streaming pass over the frames instead.
+    fn : callable (NodeContext) -> None, or (NodeContext, StreamCarry) -> consumer
+        The kernel. A stage that reads other nodes writes its node in one call, ``fn(ctx)``. A
+        ``streams`` stage is called ``fn(ctx, carry)`` with the pass's :class:`StreamCarry` and
+        returns a consumer of the one streaming pass over the frames instead
+        (:func:`streaming_kernel`).
     streams : bool
         The stage is fed from the frame source (decode, landmarks, face share one pass).
+    raw_inputs : tuple of str
+        The subject's raw files the stage reads, by role (:data:`RAW_ROLES`): ``"video"``, the
+        video file or frame folder; ``"frame_clock"``, files beside it that hold the frame times
+        (VIPL-HR's ``time.txt``); ``"truth"``, the ground-truth files, read through the dataset's
+        loader. Each file's content hash enters the node's key (with ``"truth"``, the loader's
+        version too), and a kernel is given ``NodeContext.truth`` only when it declares ``"truth"``.
     """
 
     name: str
@@ -80,8 +99,14 @@ class Stage:
     params: type
     inputs: tuple[str, ...]
     outputs: tuple[ArraySpec, ...]
-    fn: Callable[[NodeContext], Any] | None = None
+    fn: Callable[..., Any] | None = None
     streams: bool = False
+    raw_inputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.raw_inputs if r not in RAW_ROLES]
+        if unknown:
+            raise ValueError(f"stage {self.name}: raw input role(s) {unknown} unknown; roles: {list(RAW_ROLES)}")
 
     def spec(self, name: str) -> ArraySpec:
         """The declared output ``name``.
@@ -180,6 +205,82 @@ class NodeContext:
         if data.dtype != np.dtype(s.dtype):
             raise TypeError(f"stage {self.stage.name}: output {name} is declared {s.dtype}, got {data.dtype}")
         self.writer.write(name, data, chunks=chunks, unit=s.unit, axes=s.axes, doc=s.doc)
+
+    def appender(self, name: str, rows: int) -> Any:
+        """An appender to the declared output ``name``, which writes whole chunks of ``rows`` rows.
+
+        Parameters
+        ----------
+        name : str
+            An output of the stage, created with 0 rows (:meth:`create`).
+        rows : int
+            Rows per chunk along axis 0 (the chunking ``name`` was created with).
+
+        Returns
+        -------
+        rppg_prep.store.Appender
+            ``add(rows)`` queues rows, ``close()`` writes the last, partial chunk.
+        """
+        from rppg_prep.store import Appender  # here, not at the top: the store imports what imports the stages
+
+        self.stage.spec(name)
+        return Appender(self.writer, name, rows)
+
+
+@dataclass
+class StreamCarry:
+    """What the streaming stages of one pass over the frames hand on to each other.
+
+    :func:`rppg_prep.build.video_pass` makes one per pass and gives it to every consumer, in stage
+    order: decode, landmarks, face (those of them the pass runs).
+
+    Parameters
+    ----------
+    info : rppg_prep.sources.VideoInfo
+        The frame source's description: nominal ``fps`` (Hz), ``width`` and ``height`` (px),
+        declared ``n_frames``. Set by the video pass; read by decode (nominal rate and frame size
+        for its node) and face (rate and frame size for the tracker).
+    landmark_rows : collections.deque of (numpy.ndarray, numpy.ndarray)
+        Landmark rows in frame order, each (landmarks (k, K, 2) float32 px, detected (k,) bool).
+        Appended by landmarks (computed, or read back from its fresh node), lagging the frames by
+        up to ``every_n_frames - 1``; popped from the left by face, which waits for them.
+    t_s : numpy.ndarray or None
+        (T,) float64, s: every frame's presentation time, repaired. Set by decode's ``finish``;
+        read by face's ``finish``. None before.
+    n_frames : int
+        T, the frames decoded. Set by decode's ``finish`` (0 before); read by face's ``finish`` and
+        by the video pass (the subject's frame count).
+    fps : float or None
+        Effective frame rate, Hz: (T - 1) / the span of ``t_s`` (the nominal rate when T < 2). Set
+        by decode's ``finish``; read by face's ``finish``. None before.
+    """
+
+    info: VideoInfo
+    landmark_rows: deque[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=deque)
+    t_s: np.ndarray | None = None
+    n_frames: int = 0
+    fps: float | None = None
+
+
+def streaming_kernel(consumer: type) -> Callable[[NodeContext, StreamCarry], Any]:
+    """The kernel (``Stage.fn``) of a ``streams`` stage: ``fn(ctx, carry)`` makes its consumer of the pass.
+
+    Parameters
+    ----------
+    consumer : type
+        The consumer class, constructed as ``consumer(ctx, carry)``; the pass calls its
+        ``push(batch, carry)`` for every :class:`rppg_prep.sources.FrameBatch`, then ``finish(carry)``
+        (which writes the node when ``ctx.writer`` is set), or ``abort()`` when the pass fails.
+
+    Returns
+    -------
+    callable (NodeContext, StreamCarry) -> consumer
+    """
+    def consume(ctx: NodeContext, carry: StreamCarry) -> Any:
+        return consumer(ctx, carry)
+
+    consume.__doc__ = f"Kernel of the stage: a :class:`{consumer.__name__}` consumer of the streaming pass."
+    return consume
 
 
 def _plain(obj: Any) -> Any:

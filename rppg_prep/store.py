@@ -62,6 +62,12 @@ __all__ = [
     "restore_replaced",
     "parked_node",
     "recover_replaced",
+    "node_cache",
+    "node_stage",
+    "iter_nodes",
+    "partial_dir",
+    "partial_key",
+    "iter_partials",
 ]
 
 #: zstd level 1 with bit-shuffle: the best speed/size trade-off measured on decoded video frames
@@ -186,6 +192,108 @@ def node_path(cache: str | Path, dataset: str, subject: str, stage: str, key: st
     """
     return (dataset_store(cache, dataset) / check_path_part("subject id", subject)
             / f"{check_path_part('stage name', stage)}-{key[:12]}")
+
+
+def node_cache(path: str | Path) -> Path:
+    """The store root a node folder (:func:`node_path`) lies under: the inverse of its layout.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``cache/<dataset>.zarr/<subject>/<stage>-<key12>``.
+
+    Returns
+    -------
+    Path
+        ``cache``.
+    """
+    return Path(path).parents[2]
+
+
+def node_stage(path: str | Path) -> str:
+    """The stage name in a node folder's name.
+
+    Parameters
+    ----------
+    path : str or Path
+        A node folder, ``<stage>-<key12>`` (a stage name may hold ``-``).
+
+    Returns
+    -------
+    str
+    """
+    return Path(path).name.rsplit("-", 1)[0]
+
+
+def iter_nodes(cache: str | Path) -> Iterator[Path]:
+    """Every node folder under ``cache``, of every dataset and subject (complete or not).
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+
+    Yields
+    ------
+    Path
+        ``cache/<dataset>.zarr/<subject>/<stage>-<key12>``.
+    """
+    for store in sorted(Path(cache).glob("*.zarr")):
+        for subject in sorted(p for p in store.iterdir() if p.is_dir()):
+            yield from sorted(p for p in subject.iterdir() if p.is_dir())
+
+
+def partial_dir(cache: str | Path, stage: str, key: str) -> Path:
+    """A fresh folder name under ``cache/.partial/`` for a node being written.
+
+    Its name carries the stage and the full key, so that ``gc`` can tell whether a build still owns
+    it (:func:`partial_key`).
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    stage, key : str
+        The node's stage and 64-hex key.
+
+    Returns
+    -------
+    Path
+        ``cache/.partial/<stage>-<key>.<uuid4 hex>`` (not created).
+    """
+    return Path(cache) / ".partial" / f"{stage}-{key}.{uuid.uuid4().hex}"
+
+
+def partial_key(path: str | Path) -> str:
+    """The node key in the name of a :func:`partial_dir` folder.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    str
+        The key, ``""`` when the name carries none.
+    """
+    return Path(path).name.split(".", 1)[0].rsplit("-", 1)[-1]
+
+
+def iter_partials(cache: str | Path) -> list[Path]:
+    """The folders under ``cache/.partial/``: nodes being written, or left by a crash.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+
+    Returns
+    -------
+    list of Path
+        Sorted; empty when there is no ``.partial`` folder.
+    """
+    folder = Path(cache) / ".partial"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 @contextlib.contextmanager
@@ -358,9 +466,7 @@ class NodeWriter:
     def __init__(self, final: Path, attrs: dict[str, Any], *, replace: bool = False):
         self.final = Path(final)
         self.replace = replace
-        cache = self.final.parents[2]
-        # the partial's name carries the full key so that `gc` can tell whether a build still owns it
-        self.tmp = cache / ".partial" / f"{attrs.get('stage', 'node')}-{attrs.get('key', '')}.{uuid.uuid4().hex}"
+        self.tmp = partial_dir(node_cache(self.final), attrs.get("stage", "node"), attrs.get("key", ""))
         self.attrs = dict(attrs)
         self._t0 = time.perf_counter()
         self.tmp.mkdir(parents=True)
@@ -566,7 +672,7 @@ def _backup_path(final: Path, key: str) -> Path:
 
     ``cache/.replaced/<dataset>.zarr/<subject>/<node>.<key>``: outside ``.partial/`` (``gc``).
     """
-    cache = final.parents[2]
+    cache = node_cache(final)
     return cache / ".replaced" / final.relative_to(cache).parent / f"{final.name}.{key}"
 
 
@@ -631,7 +737,7 @@ def restore_replaced(final: str | Path) -> bool:
         return False
     key = found[-1].name.split(".", 1)[1]
     try:
-        lock = node_lock(final.parents[2], key, timeout_s=0) if key else contextlib.nullcontext()
+        lock = node_lock(node_cache(final), key, timeout_s=0) if key else contextlib.nullcontext()
         with lock:
             if final.exists():
                 for backup in found:

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from conftest import REPO_ROOT, array_hashes
 from rppg_prep.pipeline import load_pipeline
 from rppg_prep.cli import main
-from rppg_prep.dag import run_build, subject_status
+from rppg_prep.dag import run_build
+from rppg_prep.maintenance import subject_status
 from rppg_prep.datasets import ubfc
 from rppg_prep.sample import write_ubfc_sample
 from rppg_prep.store import node_exists

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,6 +11,7 @@ from click.testing import CliRunner
 
 import rppg_prep
 from rppg_prep.cli import main
+from rppg_prep.stage import NodeContext, StreamCarry
 from rppg_prep.stages import landmarks as L
 
 
@@ -48,17 +48,17 @@ def _run(track, n, monkeypatch, max_motion_frac=0.03):
             written[name].append(np.asarray(data))
 
     params = L.LandmarkParams(backend="haar", every_n_frames=n, max_motion_frac=max_motion_frac)
-    ctx = SimpleNamespace(params=params, writer=Writer(), create=lambda name, shape, chunks, fill_value=0:
-                          written.__setitem__(name, []), inputs={})
-    carry: dict = {"landmark_rows": deque()}
+    ctx = NodeContext(stage=L.STAGE, subject=None, params=params, inputs={}, writer=Writer(),
+                      progress=lambda done, total: None)
+    carry = StreamCarry(info=None)
     track_consumer = L.LandmarkTrack(ctx, carry)
     frames = np.zeros((len(track), 2, 2, 3), np.uint8)
     frames[:, 0, 0, 0], frames[:, 0, 0, 1] = np.arange(len(track)) // 256, np.arange(len(track)) % 256
     for start in range(0, len(track), 8):
         track_consumer.push(SimpleNamespace(start=start, frames=frames[start:start + 8]), carry)
     track_consumer.finish(carry)
-    lm = np.concatenate([r[0] for r in carry["landmark_rows"]])
-    detected = np.concatenate([r[1] for r in carry["landmark_rows"]])
+    lm = np.concatenate([r[0] for r in carry.landmark_rows])
+    detected = np.concatenate([r[1] for r in carry.landmark_rows])
     stored = np.concatenate(written["landmarks"])
     np.testing.assert_array_equal(stored, lm)  # the node holds what the face stage got
     return lm, detected, sorted(det.calls)

@@ -17,7 +17,7 @@ import rppg_prep
 from conftest import REPO_ROOT
 from rppg_prep import store
 from rppg_prep.cli import main
-from rppg_prep.dag import gc
+from rppg_prep.maintenance import gc
 from rppg_prep.sample import write_ubfc_sample
 from rppg_prep.store import NodeWriter, node_exists, node_path, open_node
 

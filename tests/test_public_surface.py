@@ -15,6 +15,7 @@ from conftest import REPO_ROOT
 
 #: modules whose public names (``__all__``) carry numpydoc Parameters / Returns sections
 DOCUMENTED = ["rppg_prep", "rppg_prep.store", "rppg_prep.manifest", "rppg_prep.build", "rppg_prep.dag",
+              "rppg_prep.maintenance", "rppg_prep.integrity", "rppg_prep.stages",
               "rppg_prep.pipeline", "rppg_prep.stage", "rppg_models", "rppg_models.train", "rppg_models.data",
               "rppg_models.evaluate", "rppg_models.st2s_pipeline", "rppg_models.st2s", "rppg_models.stgnet",
               "rppg_models.meta_rppg", "rppg_models.ienet", "rppg_models.cnn3d", "rppg_models.layers"]

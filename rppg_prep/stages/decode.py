@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rppg_prep.stage import ArraySpec, NodeContext, Stage
+from rppg_prep.stage import ArraySpec, NodeContext, Stage, StreamCarry, streaming_kernel
 
 __all__ = ["DecodeParams", "STAGE", "FrameTimes", "consume"]
 
@@ -30,30 +30,29 @@ class FrameTimes:
     ctx : NodeContext
         ``writer`` is None when the node is fresh: the times are still collected for the stages
         after it.
-    carry : dict
-        Shared by the consumers of one pass; holds ``info`` (the source's ``VideoInfo``). On
-        :meth:`finish` this consumer adds ``t_s`` (T,) float64 s, ``n_frames`` and ``fps`` (the
-        effective rate, Hz).
+    carry : StreamCarry
+        Shared by the consumers of one pass; this one reads ``info`` and, on :meth:`finish`, sets
+        ``t_s``, ``n_frames`` and ``fps``.
     """
 
-    def __init__(self, ctx: NodeContext, carry: dict):
+    def __init__(self, ctx: NodeContext, carry: StreamCarry):
         self.ctx, self.parts = ctx, []
 
-    def push(self, batch, carry: dict) -> None:
+    def push(self, batch, carry: StreamCarry) -> None:
         """Take a batch's times (``batch.t_s``, NaN where the container gives none)."""
         self.parts.append(batch.t_s)
 
-    def finish(self, carry: dict) -> None:
+    def finish(self, carry: StreamCarry) -> None:
         """Repair the times, put them in ``carry`` and write the node (when there is a writer)."""
         import numpy as np
 
         from rppg_prep.sources import repair_times
 
-        info = carry["info"]
+        info = carry.info
         t_s, n_filled = repair_times(np.concatenate(self.parts), info.fps)
         n = len(t_s)
         fps_eff = (n - 1) / max(t_s[-1] - t_s[0], 1e-9) if n > 1 else info.fps
-        carry.update(t_s=t_s, n_frames=n, fps=fps_eff)
+        carry.t_s, carry.n_frames, carry.fps = t_s, n, fps_eff
         if n_filled:
             self.ctx.notes.append(f"{n_filled} frame time(s) missing in the container; filled from {info.fps:.3f} fps")
         if self.ctx.writer is not None:
@@ -65,20 +64,7 @@ class FrameTimes:
         """Nothing to release."""
 
 
-def consume(ctx: NodeContext, carry: dict) -> FrameTimes:
-    """Kernel of the stage: a :class:`FrameTimes` consumer of the streaming pass.
-
-    Parameters
-    ----------
-    ctx : NodeContext
-    carry : dict
-        Shared by the consumers of one pass.
-
-    Returns
-    -------
-    FrameTimes
-    """
-    return FrameTimes(ctx, carry)
+consume = streaming_kernel(FrameTimes)
 
 
 STAGE = Stage(
@@ -89,4 +75,5 @@ STAGE = Stage(
     outputs=(ArraySpec("t_s", "float64", ("frame",), "s", "presentation time of each frame"),),
     fn=consume,
     streams=True,
+    raw_inputs=("video", "frame_clock"),
 )

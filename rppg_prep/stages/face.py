@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rppg_prep.errors import ConfigError, FaceNotFoundError
-from rppg_prep.stage import ArraySpec, NodeContext, Stage
+from rppg_prep.stage import ArraySpec, NodeContext, Stage, StreamCarry, streaming_kernel
 
 __all__ = ["FaceParams", "STAGE", "FaceTracker", "raw_boxes", "crop_square", "FaceCrops", "consume", "gaps"]
 
@@ -269,24 +269,22 @@ class FaceCrops:
     ----------
     ctx : NodeContext
         ``params`` a :class:`FaceParams`; ``writer`` the face node.
-    carry : dict
-        Shared by the consumers of one pass: ``info`` (the source's ``VideoInfo``), the landmark
-        rows in frame order (``landmark_rows``, which may lag the frames: frames wait here until
-        their landmarks come), and at the end ``t_s``, ``n_frames`` and ``fps``. A frame's raw box
-        comes from its landmarks whenever they are finite, measured or interpolated.
+    carry : StreamCarry
+        Shared by the consumers of one pass; this one reads ``info``, the landmark rows in frame
+        order (``landmark_rows``, which may lag the frames: frames wait here until their landmarks
+        come), and at the end ``t_s``, ``n_frames`` and ``fps``. A frame's raw box comes from its
+        landmarks whenever they are finite, measured or interpolated.
     """
 
-    def __init__(self, ctx: NodeContext, carry: dict):
+    def __init__(self, ctx: NodeContext, carry: StreamCarry):
         from concurrent.futures import ThreadPoolExecutor
 
-        from rppg_prep.store import Appender
-
-        fp, info = ctx.params, carry["info"]
+        fp, info = ctx.params, carry.info
         self.ctx, s = ctx, fp.size_px
         ctx.create("frames", (0, s, s, 3), (fp.chunk_frames, s, s, 3))
         ctx.create("box", (0, 4), (4096, 4))
         ctx.create("valid", (0,), (4096,))
-        self.apps = {k: Appender(ctx.writer, k, fp.chunk_frames if k == "frames" else 4096)
+        self.apps = {k: ctx.appender(k, fp.chunk_frames if k == "frames" else 4096)
                      for k in ("frames", "box", "valid")}
         self.tracker = FaceTracker(fp, info.fps, (info.height, info.width))
         self.valid_parts: list[np.ndarray] = []
@@ -303,9 +301,9 @@ class FaceCrops:
     def _crop(self, raw: np.ndarray, frames: np.ndarray) -> None:
         self._emit(self.tracker.push(raw, frames))
 
-    def _take(self, carry: dict) -> None:
+    def _take(self, carry: StreamCarry) -> None:
         """Crop the waiting frames whose landmark rows have come, in one job."""
-        rows, got, n = carry["landmark_rows"], [], 0
+        rows, got, n = carry.landmark_rows, [], 0
         while rows and n < len(self.frames):
             lm, det = rows.popleft()
             if n + len(lm) > len(self.frames):
@@ -322,12 +320,12 @@ class FaceCrops:
         while len(self.in_flight) > CROP_IN_FLIGHT:
             self.in_flight.pop(0).result()
 
-    def push(self, batch, carry: dict) -> None:
+    def push(self, batch, carry: StreamCarry) -> None:
         """Queue the batch's frames; crop those whose landmarks have come (with their raw boxes)."""
         self.frames.extend(batch.frames)
         self._take(carry)
 
-    def finish(self, carry: dict) -> None:
+    def finish(self, carry: StreamCarry) -> None:
         """Crop the last frames, check how much of the video has a face and describe its gaps.
 
         Raises
@@ -344,7 +342,7 @@ class FaceCrops:
         self.pool.shutdown()
         self._emit(self.tracker.flush())
         valid = np.concatenate(self.valid_parts)
-        n, t_s = carry["n_frames"], carry["t_s"]
+        n, t_s = carry.n_frames, carry.t_s
         if valid.mean() < fp.min_valid_fraction:
             raise FaceNotFoundError(
                 f"a face was tracked in only {100 * valid.mean():.0f}% of {n} frames "
@@ -356,7 +354,7 @@ class FaceCrops:
                                   "those frames are marked invalid")
         for app in self.apps.values():
             app.close()
-        self.ctx.writer.attrs.update(n_frames=n, fps=carry["fps"], size_px=fp.size_px,
+        self.ctx.writer.attrs.update(n_frames=n, fps=carry.fps, size_px=fp.size_px,
                                      valid_fraction=float(valid.mean()), gaps_s=[list(g) for g in found])
 
     def abort(self) -> None:
@@ -364,20 +362,7 @@ class FaceCrops:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def consume(ctx: NodeContext, carry: dict) -> FaceCrops:
-    """Kernel of the stage: a :class:`FaceCrops` consumer of the streaming pass.
-
-    Parameters
-    ----------
-    ctx : NodeContext
-    carry : dict
-        Shared by the consumers of one pass.
-
-    Returns
-    -------
-    FaceCrops
-    """
-    return FaceCrops(ctx, carry)
+consume = streaming_kernel(FaceCrops)
 
 
 STAGE = Stage(

@@ -38,7 +38,7 @@ from rppg_prep.subject import Truth
 from rppg_prep.errors import ConfigError, GroundTruthError
 from rppg_prep.stage import ArraySpec, NodeContext, Stage
 
-__all__ = ["LabelParams", "STAGE", "make_labels", "write_node"]
+__all__ = ["LabelParams", "STAGE", "WINDOW_KINDS", "label_name", "make_labels", "write_node"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +80,41 @@ _W = ("window",)
 CAPTURE_RATE_TOL = 0.20
 #: and stay within this fraction of the video's duration (n_frames / fps) of the container's clock at every frame
 CAPTURE_DRIFT_TOL = 0.20
+
+
+#: the three kinds of window the labels are computed on: (array prefix, axis, what it is)
+WINDOW_KINDS = (("", "window", "sliding window"), ("clip_", "clip", "clip"), ("st_", "segment", "ST segment"))
+_SUFFIX = {"hr": "_bpm", "hr_beats": "_bpm", "snr": "_db", "hr_device": "_bpm", "label_quality": ""}
+
+
+def label_name(prefix: str, quantity: str) -> str:
+    """The name of the labels node's array holding ``quantity`` per window of one kind.
+
+    The one naming rule of the per-window labels: the stage declares, writes, and the training layer
+    reads its arrays through it.
+
+    Parameters
+    ----------
+    prefix : {"", "clip_", "st_"}
+        The kind of window (:data:`WINDOW_KINDS`): sliding windows, clips, ST segments.
+    quantity : {"hr", "hr_beats", "snr", "hr_device", "label_quality"}
+        Welch-peak HR (bpm), beat-based HR (bpm), SNR (dB), median device HR (bpm), the quality flag.
+
+    Returns
+    -------
+    str
+        E.g. ``label_name("clip_", "hr_beats") == "clip_hr_beats_bpm"``. The sliding windows' device
+        HR is ``hr_device_window_bpm``: ``hr_device_bpm`` is the device HR of each frame.
+
+    Raises
+    ------
+    KeyError
+        Unknown prefix or quantity.
+    """
+    if prefix not in {k[0] for k in WINDOW_KINDS}:
+        raise KeyError(f"no window kind with prefix {prefix!r}; kinds: {[k[0] for k in WINDOW_KINDS]}")
+    stem = "hr_device_window" if (prefix, quantity) == ("", "hr_device") else quantity
+    return f"{prefix}{stem}{_SUFFIX[quantity]}"
 
 
 def _check_capture_clock(t_capture_s: np.ndarray, t_container_s: np.ndarray, n_logged: int, subject: str | None,
@@ -302,8 +337,7 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
     out["ibi_ms"] = ibi_ms.astype(np.float32)
     out["hr_inst_bpm"] = (60000.0 / ibi_ms).astype(np.float32)
     sliding = pulse.windows_by_time(t_frames_s, params.window_s, params.stride_s)
-    for prefix, win, hr_name in (("", sliding, "hr_device_window_bpm"), ("clip_", clip_windows, "clip_hr_device_bpm"),
-                                 ("st_", st_windows, "st_hr_device_bpm")):
+    for (prefix, _, _), win in zip(WINDOW_KINDS, (sliding, clip_windows, st_windows)):
         win = np.asarray(win, dtype=np.int64).reshape(-1, 2)
         if uniform_clock:
             hr = pulse.hr_per_window(bvp, fps, win, params.band_hz)
@@ -312,14 +346,14 @@ def make_labels(truth: Truth, t_frames_s: np.ndarray, clip_windows: np.ndarray, 
             hr, snr = _windows_on_uniform_grid(t_src, x_src, t_frames_s, win, fps, params.band_hz)
         hr[(bad_before[win[:, 1]] - bad_before[win[:, 0]]) > 0] = np.nan
         snr[~np.isfinite(hr)] = np.nan
-        out[f"{prefix}hr_bpm"] = hr.astype(np.float32)
-        out[f"{prefix}snr_db"] = snr.astype(np.float32)
-        out[hr_name] = pulse.device_hr_per_window(hr_dev, win).astype(np.float32)
+        out[label_name(prefix, "hr")] = hr.astype(np.float32)
+        out[label_name(prefix, "snr")] = snr.astype(np.float32)
+        out[label_name(prefix, "hr_device")] = pulse.device_hr_per_window(hr_dev, win).astype(np.float32)
         hr_beats, complete = pulse.beats_hr_per_window(ibi_ms, win)
         hr_beats[(bad_before[win[:, 1]] - bad_before[win[:, 0]]) > 0] = np.nan
-        out[f"{prefix}hr_beats_bpm"] = hr_beats
-        out[f"{prefix}label_quality"] = (complete & np.isfinite(hr) & np.isfinite(hr_beats)
-                                         & (np.abs(hr - hr_beats) <= params.quality_tol_bpm))
+        out[label_name(prefix, "hr_beats")] = hr_beats
+        out[label_name(prefix, "label_quality")] = (complete & np.isfinite(hr) & np.isfinite(hr_beats)
+                                                    & (np.abs(hr - hr_beats) <= params.quality_tol_bpm))
     out["window"] = sliding
     return out, notes
 
@@ -358,6 +392,7 @@ STAGE = Stage(
     version="3",
     params=LabelParams,
     inputs=("decode", "clips", "st_map"),
+    raw_inputs=("truth",),
     outputs=(
         ArraySpec("t_s", "float64", ("frame",), "s", "frame clock of the labels: logged capture times where the "
                   "dataset has them (UBFC-rPPG), else the container's"),
@@ -371,16 +406,14 @@ STAGE = Stage(
         ArraySpec("hr_inst_bpm", "float32", ("frame",), "bpm", "instantaneous HR, 60000 / ibi_ms"),
         ArraySpec("window", "int64", ("window", "start_stop"), "frame", "sliding HR windows"),
     ) + tuple(
-        spec for prefix, axis, what in (("", "window", "sliding window"), ("clip_", "clip", "clip"),
-                                        ("st_", "segment", "ST segment"))
+        spec for prefix, axis, what in WINDOW_KINDS
         for spec in (
-            ArraySpec(f"{prefix}hr_bpm", "float32", (axis,), "bpm", f"HR of the PPG per {what} (Welch peak)"),
-            ArraySpec(f"{prefix}hr_beats_bpm", "float32", (axis,), "bpm",
+            ArraySpec(label_name(prefix, "hr"), "float32", (axis,), "bpm", f"HR of the PPG per {what} (Welch peak)"),
+            ArraySpec(label_name(prefix, "hr_beats"), "float32", (axis,), "bpm",
                       f"HR per {what} from the beats (median instantaneous HR)"),
-            ArraySpec(f"{prefix}snr_db", "float32", (axis,), "dB", f"SNR of the PPG per {what}"),
-            ArraySpec(f"{prefix}hr_device{'_window' if not prefix else ''}_bpm", "float32", (axis,), "bpm",
-                      f"median device HR per {what}"),
-            ArraySpec(f"{prefix}label_quality", "bool", (axis,), "",
+            ArraySpec(label_name(prefix, "snr"), "float32", (axis,), "dB", f"SNR of the PPG per {what}"),
+            ArraySpec(label_name(prefix, "hr_device"), "float32", (axis,), "bpm", f"median device HR per {what}"),
+            ArraySpec(label_name(prefix, "label_quality"), "bool", (axis,), "",
                       f"beats and Welch agree within quality_tol_bpm and no beat is missing in the {what}"),
         )
     ),

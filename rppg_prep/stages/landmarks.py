@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rppg_prep.errors import ConfigError
-from rppg_prep.stage import ArraySpec, NodeContext, Stage
+from rppg_prep.stage import ArraySpec, NodeContext, Stage, StreamCarry, streaming_kernel
 
 __all__ = ["LandmarkParams", "STAGE", "make_detector", "MeshDetector", "HaarDetector", "N_LANDMARKS", "LandmarkTrack", "consume"]
 
@@ -337,22 +337,18 @@ class LandmarkTrack:
     ctx : NodeContext
         With a ``writer``, the landmarks are computed and the node is written; without (a fresh
         node that a later stage needs), ``inputs["landmarks"]`` is read batch by batch.
-    carry : dict
+    carry : StreamCarry
         Shared by the consumers of one pass. Rows are handed on in frame order through
-        ``carry["landmark_rows"]``, a deque of (landmarks (k, K, 2) float32 px, detected (k,) bool):
+        ``carry.landmark_rows``, a deque of (landmarks (k, K, 2) float32 px, detected (k,) bool):
         they may lag the frames by up to n - 1 frames; :meth:`finish` hands on the rest.
     """
 
-    def __init__(self, ctx: NodeContext, carry: dict):
-        from collections import deque
-
-        from rppg_prep.store import Appender
-
+    def __init__(self, ctx: NodeContext, carry: StreamCarry):
         self.ctx, lp = ctx, ctx.params
         self.n_lm = N_LANDMARKS[lp.backend]
         self.n = lp.every_n_frames
         self.detector = None
-        self.rows = carry.setdefault("landmark_rows", deque())
+        self.rows = carry.landmark_rows
         self.pending: list[tuple[int, np.ndarray]] = []  # frames waiting for the next measurement
         self.last: tuple[int, np.ndarray] | None = None  # the last measured frame with a face
         self.dense = 0  # frames still to measure one by one
@@ -361,7 +357,7 @@ class LandmarkTrack:
             ctx.writer.attrs.update(n_landmarks=self.n_lm, backend=lp.backend)
             ctx.create("landmarks", (0, self.n_lm, 2), (256, self.n_lm, 2), fill_value=float("nan"))
             ctx.create("detected", (0,), (4096,), fill_value=False)
-            self.apps = (Appender(ctx.writer, "landmarks", 256), Appender(ctx.writer, "detected", 4096))
+            self.apps = (ctx.appender("landmarks", 256), ctx.appender("detected", 4096))
             self.detector = make_detector(lp)
 
     def _emit(self, lm: np.ndarray, det: np.ndarray) -> None:
@@ -410,7 +406,7 @@ class LandmarkTrack:
         det[-1] = True
         self._emit(lm, det)
 
-    def push(self, batch, carry: dict) -> None:
+    def push(self, batch, carry: StreamCarry) -> None:
         """Take a batch (``batch.frames`` (B, H, W, 3) uint8 RGB); hand on the rows that are ready."""
         b = len(batch.frames)
         if self.detector is None:
@@ -428,7 +424,7 @@ class LandmarkTrack:
             if index - self.last[0] >= self.n:
                 self._resolve()
 
-    def finish(self, carry: dict) -> None:
+    def finish(self, carry: StreamCarry) -> None:
         """Measure the last waiting frame, hand on the last rows, release the detector, write the node."""
         if self.detector is not None:
             if self.pending:
@@ -446,20 +442,7 @@ class LandmarkTrack:
             self.detector = None
 
 
-def consume(ctx: NodeContext, carry: dict) -> LandmarkTrack:
-    """Kernel of the stage: a :class:`LandmarkTrack` consumer of the streaming pass.
-
-    Parameters
-    ----------
-    ctx : NodeContext
-    carry : dict
-        Shared by the consumers of one pass.
-
-    Returns
-    -------
-    LandmarkTrack
-    """
-    return LandmarkTrack(ctx, carry)
+consume = streaming_kernel(LandmarkTrack)
 
 
 STAGE = Stage(
