@@ -203,8 +203,9 @@ def video_pass(pipe: Pipeline, subject: Subject, plan: dict[str, NodePlan], res:
     """Stream the frames once through the streaming stages (decode, landmarks, face) whose nodes are missing.
 
     Every streaming stage is a consumer of the pass (its kernel, ``Stage.fn``, given the pass's one
-    :class:`~rppg_prep.stage.StreamCarry`): a missing node is computed and written, a fresh one that a missing later stage needs is read back. Nodes are
-    committed in stage order, so a face that fails still leaves its decode and landmarks nodes.
+    :class:`~rppg_prep.stage.StreamCarry`): a missing node is computed and written, a fresh one that
+    a missing later stage needs is read back. Nodes are committed in stage order, so a face that
+    fails still leaves its decode and landmarks nodes.
 
     Parameters
     ----------

@@ -50,6 +50,7 @@ from typing import Any
 from rppg_prep.build import RUNNERS, NodePlan, environment_threads, plan_subject, raw_files, video_pass
 from rppg_prep.datasets import Subject
 from rppg_prep.errors import ConfigError, RppgPrepError, VideoDecodeError
+from rppg_prep.faults import fault_point
 from rppg_prep.manifest import SubjectResult, record_build
 from rppg_prep.pipeline import Pipeline
 from rppg_prep.stages import ORDER, STAGES, STREAMING, clock_stage, video_stage
@@ -143,7 +144,7 @@ def run_task(task: str, pipe: Pipeline, subject: Subject, cache: str, plan: dict
     Skips when an upstream task failed; otherwise locks its missing nodes, re-checks them and
     builds what is still missing. Never raises for bad input or bugs in a stage.
     """
-    _inject_fault(task, subject)
+    fault_point("kill", task, subject.id)
     environment_threads()  # again in this process: a dask.distributed worker is a process of its own
     # a video task's only upstream is the previous video pass of its lane: an ordering edge, not data
     bad = [] if task == VIDEO_TASK else [u for u in upstream if u.status != "ok"]
@@ -166,15 +167,6 @@ def run_task(task: str, pipe: Pipeline, subject: Subject, cache: str, plan: dict
         return _failed(subject, task, stage, exc)
     res.seconds = time.perf_counter() - t0
     return Outcome(subject.id, task, result=res)
-
-
-def _inject_fault(task: str, subject: Subject) -> None:
-    """Fault injection for the tests: ``RPPG_PREP_FAULT=kill:<task>:<subject>`` kills the worker process."""
-    fault = os.environ.get("RPPG_PREP_FAULT", "")
-    if fault == f"kill:{task}:{subject.id}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _absolute(cache: str | Path, root: str | Path | None, subjects: list[Subject]):

@@ -21,7 +21,7 @@ from rppg_prep.dag import run_build
 from rppg_prep.datasets import Subject, get_loader
 from rppg_prep.errors import ConfigError, ManifestError, RppgPrepError
 from rppg_prep.integrity import ChunkProblem, check_node
-from rppg_prep.manifest import (SubjectResult, config_digest, forget_nodes, forget_superseded, read_manifest,
+from rppg_prep.manifest import (SubjectResult, build_nodes, config_digest, forget_nodes, forget_superseded, read_manifest,
                                 referenced_nodes)
 from rppg_prep.pipeline import Pipeline
 from rppg_prep.stages import ORDER
@@ -272,8 +272,7 @@ def verify_build(cache: str | Path, dataset: str, pipeline: str,
         No such build, or its manifest is unreadable.
     """
     man = read_manifest(cache, dataset, pipeline)
-    nodes = [(sid, stage, Path(cache) / n["path"]) for sid, rec in man["subjects"].items()
-             if rec.get("status") == "ok" for stage, n in rec["nodes"].items()]
+    nodes = [(sid, stage, path) for sid, paths in build_nodes(cache, man).items() for stage, path in paths.items()]
     problems: list[ChunkProblem] = []
     for i, (sid, stage, node) in enumerate(nodes):
         if (node / "zarr.json").exists():

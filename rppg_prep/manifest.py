@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 
     from rppg_prep.pipeline import Pipeline
 
-__all__ = ["SubjectResult", "manifest_path", "read_manifest", "validate_manifest", "record_build", "record_nodes", "forget_nodes",
-           "build_key", "open_build", "config_digest", "referenced_nodes", "forget_superseded"]
+__all__ = ["SubjectResult", "manifest_path", "read_manifest", "validate_manifest", "record_build", "record_nodes",
+           "forget_nodes", "build_key", "open_build", "build_nodes", "config_digest", "referenced_nodes",
+           "forget_superseded"]
 
 log = logging.getLogger(__name__)
 
@@ -510,12 +511,32 @@ def open_build(cache: str | Path, dataset: str, pipeline: str | None = None) -> 
         log.warning("build %s of %s: subject(s) %s were built with another config than the latest build's; "
                     "`rppg-prep status` shows what is stale, `rppg-prep build` rebuilds them", pipeline, dataset,
                     ", ".join(sorted(other, key=natural_key)))
-    for sid in sorted(man["subjects"], key=natural_key):
-        rec = man["subjects"][sid]
-        if rec.get("status") != "ok":
-            continue
-        out[sid] = {stage: open_node(Path(cache) / node["path"]) for stage, node in rec["nodes"].items()}
+    for sid, nodes in build_nodes(cache, man).items():
+        out[sid] = {stage: open_node(path) for stage, path in nodes.items()}
     return out
+
+
+def build_nodes(cache: str | Path, man: dict[str, Any]) -> dict[str, dict[str, Path]]:
+    """The node folders a manifest records for its subjects whose build succeeded.
+
+    The one place that turns a manifest's node records into paths under the cache.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    man : dict
+        A manifest as :func:`read_manifest` returns it (validated: every path stays in the store).
+
+    Returns
+    -------
+    dict of str to dict of str to Path
+        Subject (natural order) -> stage -> node folder.
+    """
+    from rppg_prep.datasets import natural_key
+
+    return {sid: {stage: Path(cache) / node["path"] for stage, node in man["subjects"][sid]["nodes"].items()}
+            for sid in sorted(man["subjects"], key=natural_key) if man["subjects"][sid].get("status") == "ok"}
 
 
 def _manifests(cache: Path) -> list[tuple[Path, str]]:

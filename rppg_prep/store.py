@@ -39,6 +39,7 @@ import numpy as np
 from filelock import FileLock
 
 from rppg_prep.errors import ConfigError, StoreError
+from rppg_prep.faults import fault_point
 
 __all__ = [
     "NodeWriter",
@@ -481,7 +482,7 @@ class NodeWriter:
         dtype = np.dtype(dtype)
         from zarr.codecs import BloscCodec, Crc32cCodec
 
-        _inject_fault("enospc", self.attrs)
+        fault_point("enospc", str(self.attrs.get("stage")), str(self.attrs.get("subject")))
         # crc32c last: every chunk file carries the checksum of its bytes, checked on every read;
         # empty chunks are written too, so that a deleted chunk file is a visible loss
         codecs = (BloscCodec(**(PIXEL_CODEC if dtype == np.uint8 else SIGNAL_CODEC)), Crc32cCodec())
@@ -584,14 +585,14 @@ class NodeWriter:
     def _replace(self) -> None:
         """Swap the finished node in for whatever is at ``final`` (see :meth:`commit`)."""
         if _exchange(self.tmp, self.final):
-            _inject_fault("crash-replace", self.attrs)
+            fault_point("crash-replace", str(self.attrs.get("stage")), str(self.attrs.get("subject")))
             _remove(self.tmp)  # the old node, swapped out
             return
         backup = _backup_path(self.final, str(self.attrs.get("key", "")))
         _remove(backup)
         backup.parent.mkdir(parents=True, exist_ok=True)
         os.rename(self.final, backup)
-        _inject_fault("crash-replace", self.attrs)
+        fault_point("crash-replace", str(self.attrs.get("stage")), str(self.attrs.get("subject")))
         try:
             os.rename(self.tmp, self.final)
         except BaseException:
@@ -611,18 +612,6 @@ class NodeWriter:
             self.commit()
         else:
             self.abort()
-
-
-def _inject_fault(kind: str, attrs: dict[str, Any]) -> None:
-    """Fault injection for the tests and ``benchmarks/faults.py``: ``RPPG_PREP_FAULT=enospc:<stage>:<subject>``
-    makes writing that node fail as a full disk would; ``crash-replace:<stage>:<subject>`` kills the
-    process (SIGKILL) in the middle of replacing that node (:meth:`NodeWriter.commit`)."""
-    if os.environ.get("RPPG_PREP_FAULT", "") == f"{kind}:{attrs.get('stage')}:{attrs.get('subject')}":
-        if kind == "crash-replace":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2

@@ -94,4 +94,5 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
 def test_the_store_imports_only_leaves():
     graph = import_graph()
     assert graph["rppg_prep.integrity"] == set()
-    assert graph["rppg_prep.store"] <= {"rppg_prep.errors", "rppg_prep.integrity"}
+    assert graph["rppg_prep.faults"] == set()
+    assert graph["rppg_prep.store"] <= {"rppg_prep.errors", "rppg_prep.integrity", "rppg_prep.faults"}
