@@ -13,13 +13,14 @@ from pathlib import Path
 import click
 import numpy as np
 
+from rppg_models.families import NORMALIZATIONS, REGISTRY
 from rppg_prep.cli import DEFAULT_CACHE, stderr_console, load_pipeline_or_exit
 
 __all__ = ["train", "report_checkpoint"]
 
 
 @click.command()
-@click.argument("model", type=click.Choice(["st2s-cnn", "st2s", "stgnet", "meta-rppg", "ienet", "cnn3d"]))
+@click.argument("model", type=click.Choice(["st2s-cnn", "st2s", *REGISTRY]))
 @click.option("--build", "pipeline", default=None,
               help="Pipeline whose build to train on [default: ubfc; synthetic for cnn3d].")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
@@ -50,7 +51,7 @@ __all__ = ["train", "report_checkpoint"]
                    "stgnet, 32 for meta-rppg).")
 @click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Mixed precision: auto = float16 on CUDA, off on the CPU; on = bfloat16 on the CPU.")
-@click.option("--norm", type=click.Choice(["raw", "diffnorm", "standardized", "temporal", "bandpass"]), default=None,
+@click.option("--norm", type=click.Choice(NORMALIZATIONS), default=None,
               help="stgnet / meta-rppg / ienet: pixel normalisation instead of the family's (raw); temporal removes "
                    "each pixel's clip mean (Meta-rPPG CPU recipe); bandpass also band-passes each pixel to 0.7-3.5 "
                    "Hz, 42-210 bpm (STGNet CPU recipe).")
@@ -118,7 +119,7 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
                    f"checkpoint {res['checkpoint']}")
         return
 
-    if model in ("stgnet", "meta-rppg", "ienet"):
+    if model in REGISTRY:
         from rppg_models.train import TrainConfig, fit
 
         from rppg_prep.errors import RppgPrepError

@@ -47,13 +47,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from rppg_models.families import Family, fixed_input
+
 # the HR classes are defined once, beside the generator that draws videos of them
 from rppg_prep.pseudo_ppg import (CLASS_BPM, HR_CLASSES_BPM, N_CLASSES, N_HR_CLASSES, NOISE_BPM,  # noqa: F401
                                   NOISE_CLASS, bpm_to_class, class_to_bpm)
 
-__all__ = ["Cnn3d", "make_optimizer", "predict_proba", "hr_from_logits", "reduce_hr_map", "predict_map",
-           "bpm_to_class", "class_to_bpm", "LENGTH", "PATCH", "N_CLASSES", "N_HR_CLASSES",
-           "NOISE_CLASS", "HR_CLASSES_BPM"]
+__all__ = ["Cnn3d", "make_optimizer", "predict_proba", "hr_from_logits", "reduce_hr_map", "predict_map", "clip_hr",
+           "synthetic_build_batches", "generator_batches", "patch_batches", "bpm_to_class", "class_to_bpm", "LENGTH",
+           "PATCH", "N_CLASSES", "N_HR_CLASSES", "NOISE_CLASS", "HR_CLASSES_BPM", "FAMILY"]
 
 LENGTH = 60  #: frames per input window (2 s at 30 fps)
 PATCH = 25  #: patch side, px
@@ -254,3 +256,163 @@ def predict_map(model: nn.Module, frames, *, rng: np.random.Generator | None = N
                 windows = torch.from_numpy(windows.reshape(-1, LENGTH, PATCH, PATCH))
                 out[b:b + batch_size, iy, ix] = predict_proba(model, windows).numpy()
     return out
+
+
+def clip_hr(model: nn.Module, clip_uint8: np.ndarray, *, patch_stride: int = 13, time_stride: int = 50) -> float:
+    """One HR for a stored clip from the HR map over its green channel.
+
+    Patches every ``patch_stride`` px and windows every ``time_stride`` frames are reduced per
+    60-frame window by :func:`reduce_hr_map`; the clip's HR is the median over the windows that are
+    not noise.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained :class:`Cnn3d`.
+    clip_uint8 : ndarray of uint8, shape (L, H, W, 3)
+        A stored clip, L >= 60.
+    patch_stride : int
+        Patch step, px.
+    time_stride : int
+        Window step, frames.
+
+    Returns
+    -------
+    float
+        HR in bpm; -1 when every window says noise.
+    """
+    prob = predict_map(model, clip_uint8, patch_stride=patch_stride, time_stride=time_stride)
+    per_window = np.atleast_1d(np.asarray(reduce_hr_map(prob), dtype=np.float64))
+    pulse = per_window[per_window > 0]
+    return float(np.median(pulse)) if pulse.size else -1.0
+
+
+def synthetic_build_batches(cache, dataset: str, pipeline: str, cfg, *, subjects: list[str] | None,
+                            gen: torch.Generator, device: torch.device):
+    """Training batches from a build of the synthetic videos (``rppg-prep build synthetic``): :attr:`FAMILY`'s data.
+
+    Every stored clip is one 60-frame generator video; its class is the subject's HR class
+    (``clip_hr_device_bpm`` of the labels, the generator's HR). The input is the green channel / 255
+    minus the clip mean, which equals :func:`rppg_prep.pseudo_ppg.generate`. The noise class has no
+    stored form (it is not quantised), so each batch gets its expected share (1/76) of noise videos
+    drawn on the fly from the generator, as the paper's balanced batches.
+
+    Parameters
+    ----------
+    cache : str or Path
+        Store root.
+    dataset, pipeline : str
+        The synthetic build.
+    cfg : rppg_models.train.TrainConfig
+        ``batch`` (videos per step) and ``seed`` (of the numpy generator of the noise videos).
+    subjects : list of str, optional
+        Default: every subject of the build.
+    gen : torch.Generator
+        Draws the stored videos of each batch.
+    device : torch.device
+
+    Returns
+    -------
+    batches : iterator of (Tensor (B, 1, 60, 25, 25) float32, Tensor (B,) int64)
+        Endless, on ``device``.
+    subjects : list of str
+
+    Raises
+    ------
+    ValueError
+        If the build's clips are not 60 frames of 25x25 (build it with ``pipelines/synthetic.yaml``).
+    """
+    from rppg_prep import open_build, pseudo_ppg
+
+    build = open_build(cache, dataset, pipeline)
+    subjects = list(subjects or build)
+    xs, ys = [], []
+    for sid in subjects:
+        nodes = build[sid]
+        clips = nodes["clips"]["clips"]
+        if clips.shape[1:4] != (LENGTH, PATCH, PATCH):
+            raise ValueError(f"{sid}: clips are {clips.shape[1:4]}, the 3D-CNN needs (60, 25, 25) "
+                             "(build with pipelines/synthetic.yaml)")
+        g = np.asarray(clips[...])[..., 1].astype(np.float32) / 255.0
+        xs.append(g - g.mean(axis=(1, 2, 3), keepdims=True))
+        ys.append(bpm_to_class(np.asarray(nodes["labels"]["clip_hr_device_bpm"][:], dtype=np.float64)))
+    x_all = torch.from_numpy(np.concatenate(xs)[:, None])
+    y_all = torch.from_numpy(np.concatenate(ys))
+    rng = np.random.default_rng(cfg.seed)
+
+    def draw():
+        while True:
+            n_noise = int(rng.binomial(cfg.batch, 1.0 / N_CLASSES))
+            idx = torch.randint(len(x_all), (cfg.batch - n_noise,), generator=gen)
+            x, y = x_all[idx], y_all[idx]
+            if n_noise:
+                xn, yn = pseudo_ppg.generate(n_noise, rng=rng, labels=np.full(n_noise, NOISE_CLASS))
+                x, y = torch.cat([x, torch.from_numpy(xn)]), torch.cat([y, torch.from_numpy(yn)])
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    return draw(), subjects
+
+
+def generator_batches(batch: int, rng: np.random.Generator, device: torch.device):
+    """Endless batches fresh from :func:`rppg_prep.pseudo_ppg.generate`, balanced over the 76 classes.
+
+    Parameters
+    ----------
+    batch : int
+        Videos per batch.
+    rng : numpy.random.Generator
+        Draws the classes and the videos.
+    device : torch.device
+
+    Returns
+    -------
+    iterator of (Tensor (B, 1, 60, 25, 25) float32, Tensor (B,) int64) on ``device``
+    """
+    from rppg_prep import pseudo_ppg
+
+    while True:
+        labels = rng.integers(0, N_CLASSES, batch)
+        videos, labels = pseudo_ppg.generate(batch, rng=rng, labels=labels)
+        yield torch.from_numpy(videos).to(device), torch.from_numpy(labels).to(device)
+
+
+def patch_batches(greens: np.ndarray, classes: np.ndarray, batch: int, rng: np.random.Generator,
+                  device: torch.device):
+    """Endless batches of random 60-frame, 25x25 windows of real clips' green channel.
+
+    Per sample: a random clip, a random window of it and a random patch position; the window is
+    / 255 minus its own mean, as :func:`predict_map` reads a video.
+
+    Parameters
+    ----------
+    greens : ndarray of uint8, shape (N, L, H, W)
+        Green channel of the clips, L >= 60, H and W >= 25.
+    classes : ndarray of int64, shape (N,)
+        HR class of each clip.
+    batch : int
+    rng : numpy.random.Generator
+    device : torch.device
+
+    Returns
+    -------
+    iterator of (Tensor (B, 60, 25, 25) float32, Tensor (B,) int64) on ``device``
+    """
+    n, length, h, w = greens.shape
+    while True:
+        k = rng.integers(0, n, batch)
+        t = rng.integers(0, length - LENGTH + 1, batch)
+        y = rng.integers(0, h - PATCH + 1, batch)
+        x = rng.integers(0, w - PATCH + 1, batch)
+        win = np.stack([greens[k[i], t[i]:t[i] + LENGTH, y[i]:y[i] + PATCH, x[i]:x[i] + PATCH]
+                        for i in range(batch)]).astype(np.float32) / 255.0
+        win -= win.mean(axis=(1, 2, 3), keepdims=True)
+        yield torch.from_numpy(win).to(device), torch.from_numpy(classes[k]).to(device)
+
+
+#: the registry record (:mod:`rppg_models.families`): a classifier that predicts no BVP (its HR per clip
+#: is :func:`clip_hr`), trained on the synthetic build alone with Keras' Adam
+FAMILY = Family(build=fixed_input("cnn3d", LENGTH, PATCH, Cnn3d), forward=lambda model, x: model(x),
+                criterion=torch.nn.functional.cross_entropy, clip_hr=clip_hr,
+                train_metric=lambda logits, y: float((logits.argmax(1) == y).float().mean()),
+                batches=synthetic_build_batches, optimizer=make_optimizer,
+                norm="raw", layout="NDHWC", frames=LENGTH, size_px=PATCH)

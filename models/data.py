@@ -40,13 +40,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+# defined beside the family registry, which the CLI reads without importing torch
+from rppg_models.families import LAYOUTS, NORMALIZATIONS
+
 __all__ = ["ClipDataset", "normalize", "subject_folds", "to_device", "hr_label_array", "NORMALIZATIONS", "LAYOUTS",
            "HR_LABELS", "DEFAULT_HR_LABEL"]
 
-NORMALIZATIONS = ("raw", "diffnorm", "standardized", "temporal", "bandpass")
 #: HR band of the ``bandpass`` normalisation, Hz
 BANDPASS_HZ = (0.7, 3.5)
-LAYOUTS = ("NCDHW", "NDCHW", "NDHWC")
 #: which HR of the labels node is the label: the median of the beats, or the Welch peak
 HR_LABELS = ("beats", "welch")
 #: on the 8 shared UBFC-rPPG subjects the beat-based window HR is closer to the oximeter (median |diff|
@@ -76,7 +77,9 @@ def hr_label_array(labels_group, prefix: str, hr_label: str = DEFAULT_HR_LABEL) 
     """
     if hr_label not in HR_LABELS:
         raise ValueError(f"hr_label must be one of {HR_LABELS}, got {hr_label!r}")
-    name = f"{prefix}hr_beats_bpm" if hr_label == "beats" else f"{prefix}hr_bpm"
+    from rppg_prep.stages.labels import label_name
+
+    name = label_name(prefix, "hr_beats" if hr_label == "beats" else "hr")
     if name not in labels_group:
         raise ValueError(f"the labels node has no {name!r} (built by an older rppg-prep); rebuild it, "
                          "or use hr_label='welch'")
@@ -222,8 +225,7 @@ class ClipDataset(Dataset):
                  norm: str = "raw", label_norm: str = "standardized", layout: str = "NCDHW",
                  hr_label: str = DEFAULT_HR_LABEL, size_px: int | None = None, jitter: bool = False,
                  flip: bool = False):
-        from rppg_prep import open_build
-        from rppg_prep.manifest import read_manifest
+        from rppg_prep.manifest import build_nodes, open_build, read_manifest
 
         if norm not in NORMALIZATIONS or layout not in LAYOUTS:
             raise ValueError(f"norm must be one of {NORMALIZATIONS} and layout one of {LAYOUTS}")
@@ -232,9 +234,9 @@ class ClipDataset(Dataset):
         missing = [s for s in self.subjects if s not in build]
         if missing:
             raise KeyError(f"subject(s) {missing} not in build {pipeline!r}; built: {', '.join(build)}")
-        nodes = read_manifest(cache, dataset, pipeline)["subjects"]
-        self.paths = {s: tuple(str(Path(cache) / nodes[s]["nodes"][st]["path"]) for st in ("clips", "labels", "face"))
-                      for s in self.subjects}
+        # paths, not groups: a DataLoader worker opens its own (the manifest turns records into paths)
+        paths = build_nodes(cache, read_manifest(cache, dataset, pipeline))
+        self.paths = {s: tuple(str(paths[s][st]) for st in ("clips", "labels", "face")) for s in self.subjects}
         self.jitter, self.flip = jitter, flip
         self.windows = {s: build[s]["clips"]["window"][:] for s in self.subjects}
         self.hr = {s: hr_label_array(build[s]["labels"], "clip_", hr_label) for s in self.subjects}
@@ -250,10 +252,9 @@ class ClipDataset(Dataset):
 
     def _nodes(self) -> dict[str, Any]:
         if self._open is None:  # first use in this process (a DataLoader worker opens its own)
-            import zarr
+            from rppg_prep.store import open_node
 
-            self._open = {s: (zarr.open_group(c, mode="r"), zarr.open_group(lab, mode="r"),
-                              zarr.open_group(face, mode="r") if self.jitter else None)
+            self._open = {s: (open_node(c), open_node(lab), open_node(face) if self.jitter else None)
                           for s, (c, lab, face) in self.paths.items()}
         return self._open
 

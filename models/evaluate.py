@@ -13,7 +13,7 @@ and ``bvp_r`` the Pearson r between the predicted and the label BVP of the clip.
 standard errors are :func:`rppg_prep.protocols.metrics` (rPPG-Toolbox definitions).
 
 Bousefsaf's 3D-CNN predicts no BVP: its HR per clip is the reduced HR map of
-:func:`rppg_models.train.cnn3d_clip_hr`, compared with the same reference HR.
+:func:`rppg_models.cnn3d.clip_hr` (its record's ``clip_hr``), compared with the same reference HR.
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     KeyError
         The checkpoint's family is unknown.
     """
-    from rppg_models.train import FAMILIES
-
     import pickle
+
+    from rppg_models.families import family
 
     try:  # weights_only: a checkpoint is data (tensors, dicts, lists, strings); a pickle that runs code is refused
         ckpt = torch.load(Path(path), map_location=device, weights_only=True)
@@ -97,31 +97,28 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         what = f" (it refers to {found.group(1)})" if found else ""
         raise ValueError(f"{path}: not a checkpoint of rppg-prep's training layer: it holds objects other than "
                          f"tensors and plain data{what}, so it is not loaded") from None
-    family = ckpt["family"]
-    if family == "cnn3d":
-        from rppg_models.cnn3d import Cnn3d
-
-        model = Cnn3d()
-    else:
-        cfg = ckpt.get("config", {})
-        model = FAMILIES[family]().build(frames=cfg.get("frames"), size_px=cfg.get("size_px"))
+    # a checkpoint of a 3D-CNN entry point records no input size: its family's build takes None
+    cfg = ckpt.get("config", {})
+    model = family(ckpt["family"]).build(frames=cfg.get("frames"), size_px=cfg.get("size_px"))
     model.load_state_dict(ckpt["state_dict"])
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     return model.to(device).eval(), meta
 
 
 def predict_bvp(family: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Predicted pulse signal of a batch in the family's layout.
+    """Predicted pulse signal of a batch in the family's layout (:meth:`rppg_models.families.Family.predict_bvp`).
 
     STGNet: its BVP head. IENet: the fused rPPG. Meta-rPPG: the expected ordinal level
     ``sum_k P(level > k)`` per frame (the ordinal head's mean), a PPG shape up to scale.
 
     Parameters
     ----------
-    family : {"stgnet", "ienet", "meta-rppg"}
+    family : str
+        A key of :data:`rppg_models.families.REGISTRY` whose record has a ``to_bvp``
+        (:data:`rppg_models.train.FAMILIES`).
     model : torch.nn.Module
     x : torch.Tensor
-        A batch of clips in the family's layout (:attr:`rppg_models.train.Family.layout`).
+        A batch of clips in the family's layout (:attr:`rppg_models.families.Family.layout`).
 
     Returns
     -------
@@ -130,18 +127,14 @@ def predict_bvp(family: str, model: torch.nn.Module, x: torch.Tensor) -> torch.T
     Raises
     ------
     KeyError
-        A family that predicts no BVP (the 3D-CNN).
+        An unknown family, or one that predicts no BVP (the 3D-CNN).
     """
-    if family == "stgnet":
-        return model(x)
-    if family == "ienet":
-        return model(x)[2]
-    if family == "meta-rppg":
-        from rppg_models import meta_rppg
+    from rppg_models.families import family as record
 
-        prob, _, _ = model(meta_rppg.window_preprocess(x))
-        return prob.sum(dim=-1)
-    raise KeyError(f"family {family!r} predicts no BVP")
+    fam = record(family)
+    if fam.to_bvp is None:
+        raise KeyError(f"family {family!r} predicts no BVP")
+    return fam.predict_bvp(model, x)
 
 
 def predict_clip(family: str, model: torch.nn.Module, x: torch.Tensor, frames: int, t_axis: int) -> torch.Tensor:
@@ -267,7 +260,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
         Fewer than 2 clips could be scored.
     """
     from rppg_models.data import DEFAULT_HR_LABEL, ClipDataset
-    from rppg_models.train import FAMILIES, cnn3d_clip_hr, pick_device
+    from rppg_models.families import family as record
+    from rppg_models.train import pick_device
     from rppg_prep import open_build
     from rppg_prep.protocols import metrics, snr_toolbox
 
@@ -275,10 +269,9 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
     dev = pick_device(device)
     model, meta = load_checkpoint(checkpoint, dev)
     family = meta["family"]
-    fam = FAMILIES[family]() if family != "cnn3d" else None
+    fam = record(family)
     cfg = meta.get("config", {})
-    norm, layout = ((cfg.get("norm") or fam.norm), fam.layout) if fam else ("raw", "NDHWC")
-    frames = (cfg.get("frames") or fam.frames) if fam else None
+    norm, frames = cfg.get("norm") or fam.norm, cfg.get("frames") or fam.frames
     cache = Path(cache)
     scores: list[ClipScore] = []
     build = open_build(cache, dataset, pipeline)
@@ -286,18 +279,15 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
         lab = build[sid]["labels"]
         t_frames = lab["t_s"][:] if "t_s" in lab else build[sid]["decode"]["t_s"][:]
         windows = build[sid]["clips"]["window"][:]
-        ds = ClipDataset(cache, dataset, pipeline, subjects=[sid], norm=norm, layout=layout,
-                         size_px=cfg.get("size_px") if fam else None, hr_label=hr_label)
+        ds = ClipDataset(cache, dataset, pipeline, subjects=[sid], norm=norm, layout=fam.layout,
+                         size_px=cfg.get("size_px"), hr_label=hr_label)
         if len(ds) == 0:
             continue
         net = model
         items = [ds[i] for i in range(min(len(ds), max_clips or len(ds)))]
-        if family == "meta-rppg" and adapt_steps > 0:
-            from rppg_models import meta_rppg
-
+        if fam.adapt is not None and adapt_steps > 0:
             net = copy.deepcopy(model)
-            x_all = torch.stack([it[0] for it in items]).narrow(1, 0, fam.frames).to(dev)
-            meta_rppg.adapt(net, meta_rppg.window_preprocess(x_all), steps=adapt_steps)
+            fam.adapt(net, torch.stack([it[0] for it in items]).narrow(fam.t_axis, 0, fam.frames).to(dev), adapt_steps)
             net.eval()
         for a in range(0, len(items), batch):
             chunk = items[a:a + batch]
@@ -307,15 +297,15 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
                 hr_ref = [hr_on_clock(it[1].numpy(), t)[0] for it, t in zip(chunk, clocks)]
             else:  # the dataset item carries the clip's label HR (ClipDataset's hr_label)
                 hr_ref = [float(it[2]) for it in chunk]
-            if fam is None:
+            if fam.to_bvp is None:  # one HR per clip from the stored clip itself (the 3D-CNN)
                 clips = build[sid]["clips"]["clips"]
-                preds = [cnn3d_clip_hr(net, np.asarray(clips[k])) for k in ks]
+                preds = [fam.clip_hr(net, np.asarray(clips[k])) for k in ks]
                 snrs = [float("nan")] * len(chunk)
                 rs = [float("nan")] * len(chunk)
             else:
                 x = torch.stack([it[0] for it in chunk]).to(dev)
                 with torch.no_grad():
-                    out = predict_clip(family, net, x, frames, 2 if fam.layout == "NCDHW" else 1).numpy()
+                    out = predict_clip(family, net, x, frames, fam.t_axis).numpy()
                 preds, snrs, rs = [], [], []
                 for p, it, h, t, k in zip(out, chunk, hr_ref, clocks, ks):
                     if bvp_out is not None:
@@ -328,5 +318,5 @@ def evaluate_checkpoint(checkpoint: str | Path, cache: str | Path, dataset: str,
                 p = float(p) if p is not None and p > 0 else float("nan")
                 scores.append(ClipScore(sid, k, h, p, float(sn), r))
     summary = metrics([s.hr_pred_bpm for s in scores], [s.hr_ref_bpm for s in scores],
-                      [s.snr_db for s in scores] if fam is not None else None)
+                      [s.snr_db for s in scores] if fam.to_bvp is not None else None)
     return scores, summary

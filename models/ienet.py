@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rppg_models.families import Family, fixed_input
 from rppg_models.layers import DropPath
 
 FS = 30.0  #: frame rate the reference trains at, Hz
@@ -637,3 +638,9 @@ def hr_loss(hr_pred: torch.Tensor, hr_gt: torch.Tensor, weight: float = 0.4) -> 
 
 __all__ = ["Ienet", "rppg_loss", "hr_loss", "frequency_loss", "neg_pearson", "normalised_psd", "frequency_mask_hr",
            "REFERENCE_USED_PARAMS", "CET_BRANCH_PARAMS"]
+
+#: the registry record (:mod:`rppg_models.families`): RGB only (the UBFC builds have no NIR video); the
+#: prediction and the loss's input are the fused rPPG
+FAMILY = Family(build=fixed_input("ienet", RPPG_LEN, 64, lambda: Ienet(use_nir=False)),
+                forward=lambda model, x: model(x)[2], criterion=rppg_loss, to_bvp=lambda fused: fused,
+                norm="raw", layout="NCDHW", frames=RPPG_LEN, size_px=64)

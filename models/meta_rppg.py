@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rppg_models.families import Family
+
 __all__ = ["MetaRppg", "adapt", "window_preprocess", "ordinal_targets", "ordinal_loss", "proto_loss",
            "synthetic_gradient_loss", "WIN_SIZE", "INPUT_SIZE"]
 
@@ -421,3 +423,30 @@ def adapt(model: MetaRppg, x_unlabelled: torch.Tensor, steps: int = 1, lr: float
         opt.zero_grad(set_to_none=True)
         model.generator.train(generator_was_training)
     return model
+
+
+def _build(frames=None, size_px=None):
+    if frames not in (None, WIN_SIZE):
+        raise ValueError(f"meta-rppg takes {WIN_SIZE}-frame windows only (got frames={frames})")
+    return MetaRppg(size=size_px or INPUT_SIZE)
+
+
+def _forward(model: MetaRppg, x: torch.Tensor) -> torch.Tensor:
+    prob, _, _ = model(window_preprocess(x))
+    return prob
+
+
+def _after_step(model: MetaRppg, x: torch.Tensor) -> None:
+    # the prototype and carried LSTM state that test-time adaptation pulls towards (spec §2.4)
+    model.update_prototype(window_preprocess(x))
+
+
+def _adapt(model: MetaRppg, x: torch.Tensor, steps: int) -> None:
+    adapt(model, window_preprocess(x), steps=steps)
+
+
+#: the registry record (:mod:`rppg_models.families`). The prediction is the expected ordinal level
+#: ``sum_k P(level > k)`` per frame (the ordinal head's mean), a PPG shape up to scale
+FAMILY = Family(build=_build, forward=_forward, criterion=lambda prob, bvp: ordinal_loss(prob, ordinal_targets(bvp)),
+                to_bvp=lambda prob: prob.sum(dim=-1), after_step=_after_step, adapt=_adapt,
+                norm="raw", layout="NDCHW", frames=WIN_SIZE, size_px=INPUT_SIZE)

@@ -7,6 +7,15 @@ by default, at the paper's 3x64x64 with ``layout="paper"``, below); stage 2
 predicts from HOG features whether stage 1 is right on that image (class 0 = good,
 |error| <= threshold; 1 = bad); the segment HR is the mean stage-1 prediction over kept images.
 
+Why ST2S is not in the family registry (:data:`rppg_models.families.REGISTRY`): a registered family
+maps a batch of a build's clips to a BVP waveform or one HR per clip, trained step by step by
+:func:`rppg_models.train.fit` and scored per clip by :func:`rppg_models.evaluate.evaluate_checkpoint`.
+ST2S reads none of that: its input is the ST images of 10-s segments, not clips; stage 1 is trained
+per leave-one-subject-out fold (its held-out predictions are the stage-2 labels), stage 2 learns
+from those predictions, and the output is one HR per segment from the two stages together. A
+:class:`rppg_models.families.Family` record would fit none of its fields but ``build``, so it keeps
+its own pipeline (:mod:`rppg_models.st2s_pipeline`, ``rppg-prep train st2s``).
+
 Fixes of the reference code's bugs:
 
 * **Hidden size 3 by accident** (the driver passes the batch size as ``hidden_units``) ->

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rppg_models.families import Family
 from rppg_models.layers import DropPath
 
 __all__ = ["Stgnet", "neg_pearson_loss", "FRAMES", "SIZE", "POS_EMBED"]
@@ -295,3 +296,12 @@ def neg_pearson_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8
     t = target - target.mean(dim=-1, keepdim=True)
     r = (p * t).sum(-1) / torch.sqrt((p * p).sum(-1) * (t * t).sum(-1) + eps)
     return (1.0 - r).mean()
+
+
+def _build(frames=None, size_px=None, pos_embed="learned"):
+    return Stgnet(frames=frames or FRAMES, size=size_px or SIZE, pos_embed=pos_embed)
+
+
+#: the registry record (:mod:`rppg_models.families`): its BVP head is the prediction, NegPearson the loss
+FAMILY = Family(build=_build, forward=lambda model, x: model(x), criterion=neg_pearson_loss, to_bvp=lambda y: y,
+                norm="raw", layout="NCDHW", frames=FRAMES, size_px=SIZE)

@@ -1,9 +1,11 @@
-"""One training loop for the model families that learn a BVP waveform from clips of a build.
+"""One training loop for every model family of :data:`rppg_models.families.REGISTRY`.
 
-``fit`` runs any ``(model, batch -> loss)`` pair: device auto-selected (CUDA when present, with
-automatic mixed precision there; CPU otherwise), seeded, with a progress bar showing the loss and
-throughput, and a checkpoint that records the build manifest, the family and the config. Families
-register how they read clips and what their loss is in :data:`FAMILIES`.
+``fit`` trains any registered family: device auto-selected (CUDA when present, with automatic
+mixed precision there; CPU otherwise), seeded, with a progress bar showing the loss and throughput,
+and a checkpoint that records the build manifest, the family and the config. What differs between
+families (model, loss, data, BVP) is their :class:`rppg_models.families.Family` record; the 3D-CNN's
+entry points (:func:`fit_cnn3d`, :func:`fit_cnn3d_synthetic`, :func:`finetune_cnn3d`) run the same
+loop on their own batches.
 """
 
 from __future__ import annotations
@@ -11,100 +13,28 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+# the 3D-CNN's HR of one stored clip, public here under its former name
+from rppg_models.cnn3d import clip_hr as cnn3d_clip_hr
+from rppg_models.families import REGISTRY, Family, family
 from rppg_prep.stage import canonical_json
 
 __all__ = ["Family", "FAMILIES", "TrainConfig", "SELECT", "CPU_RECIPES", "fit", "fit_cnn3d", "fit_cnn3d_synthetic",
            "finetune_cnn3d", "cnn3d_clip_hr", "pick_device", "amp_dtype", "seed_everything"]
 
 
-@dataclass(frozen=True)
-class Family:
-    """How a model family reads a build and learns from it.
-
-    Parameters
-    ----------
-    build : callable (frames=None, size_px=None) -> nn.Module
-        The model; ``frames`` / ``size_px`` other than None ask for a reduced input (clip length,
-        crop side): STGNet takes both, Meta-rPPG a crop side >= 32 px, IENet neither (ValueError).
-    norm, layout : str
-        :class:`rppg_models.data.ClipDataset` normalisation and axis order.
-    frames : int
-        Frames of each clip the model takes (the first ``frames`` of a stored clip).
-    loss : callable (model, x, bvp) -> scalar tensor
-    after_step : callable (model, x) -> None, optional
-        Run without gradients after each optimiser step (Meta-rPPG's running prototype).
-    """
-
-    build: Callable[[], torch.nn.Module]
-    norm: str
-    layout: str
-    frames: int
-    loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-    after_step: Callable[[torch.nn.Module, torch.Tensor], None] | None = None
-
-
-def _stgnet() -> Family:
-    from rppg_models import stgnet
-
-    def loss(model, x, bvp):
-        return stgnet.neg_pearson_loss(model(x), bvp)
-
-    def build(frames=None, size_px=None, pos_embed="learned"):
-        return stgnet.Stgnet(frames=frames or stgnet.FRAMES, size=size_px or stgnet.SIZE, pos_embed=pos_embed)
-
-    return Family(build, "raw", "NCDHW", 160, loss)
-
-
-def _fixed_input(name: str, frames_ok: int, size_ok: int, make: Callable[[], torch.nn.Module]):
-    def build(frames=None, size_px=None):
-        if frames not in (None, frames_ok) or size_px not in (None, size_ok):
-            raise ValueError(f"{name} takes {frames_ok}-frame clips of {size_ok} px only "
-                             f"(got frames={frames}, size_px={size_px})")
-        return make()
-
-    return build
-
-
-def _meta_rppg() -> Family:
-    from rppg_models import meta_rppg
-
-    def loss(model, x, bvp):
-        prob, _, _ = model(meta_rppg.window_preprocess(x))
-        return meta_rppg.ordinal_loss(prob, meta_rppg.ordinal_targets(bvp))
-
-    def after_step(model, x):
-        # the prototype and carried LSTM state that test-time adaptation pulls towards (spec §2.4)
-        model.update_prototype(meta_rppg.window_preprocess(x))
-
-    def build(frames=None, size_px=None):
-        if frames not in (None, meta_rppg.WIN_SIZE):
-            raise ValueError(f"meta-rppg takes {meta_rppg.WIN_SIZE}-frame windows only (got frames={frames})")
-        return meta_rppg.MetaRppg(size=size_px or meta_rppg.INPUT_SIZE)
-
-    return Family(build, "raw", "NDCHW", 60, loss, after_step)
-
-
-def _ienet() -> Family:
-    from rppg_models import ienet
-
-    def loss(model, x, bvp):
-        _, _, fused = model(x)
-        return ienet.rppg_loss(fused, bvp)
-
-    # RGB-only: the UBFC builds have no NIR video
-    return Family(_fixed_input("ienet", 128, 64, lambda: ienet.Ienet(use_nir=False)), "raw", "NCDHW", 128, loss)
-
-
-#: family name -> factory of its :class:`Family` (imported only when used)
-FAMILIES: dict[str, Callable[[], Family]] = {"stgnet": _stgnet, "meta-rppg": _meta_rppg, "ienet": _ienet}
+#: family name -> factory of its :class:`Family`, for the families that learn a BVP waveform from a
+#: build's clips and BVP labels (the registry, :data:`rppg_models.families.REGISTRY`, also holds the 3D-CNN)
+FAMILIES: dict[str, Callable[[], Family]] = {name: partial(family, name) for name in REGISTRY
+                                             if family(name).to_bvp is not None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,6 +186,11 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
         out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train ``family_name`` on a build's clips for ``cfg.steps`` optimiser steps.
 
+    The families of :data:`FAMILIES` read the clips and BVP labels (:class:`rppg_models.data.ClipDataset`,
+    ``cfg.norm`` / ``frames`` / ``size_px`` / ``augment``); a family with its own
+    :attr:`~rppg_models.families.Family.batches` reads the build its own way (``cnn3d``: the
+    synthetic build, see :func:`fit_cnn3d`).
+
     With ``val_subjects``, the validation clips are scored every ``cfg.val_every`` steps (and after
     the last step) on ``cfg.select``; the returned model and the checkpoint hold the best state seen,
     and ``cfg.patience`` stops training early. Validation subjects must not be training subjects,
@@ -263,8 +198,8 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
 
     Parameters
     ----------
-    family_name : {"stgnet", "meta-rppg", "ienet"}
-        A key of :data:`FAMILIES`.
+    family_name : {"stgnet", "meta-rppg", "ienet", "cnn3d"}
+        A key of :data:`rppg_models.families.REGISTRY`.
     cache : str or Path
         Store root holding the build.
     dataset, pipeline : str
@@ -287,7 +222,8 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
     dict
         ``losses`` (per step), ``clips_per_s``, ``device``, ``train_s`` (s), ``gpu_peak_mb`` on CUDA,
         ``model`` (in eval mode: the best validated state, or the last), ``best_step`` and ``val``
-        (one ``{"step", "loss", "hr_mae"}`` per validation; empty without validation subjects) and,
+        (one ``{"step", "loss", "hr_mae"}`` per validation; empty without validation subjects),
+        ``train_metric`` (one per step) for a family with one (the 3D-CNN's batch accuracy) and,
         with ``out``, ``checkpoint``: ``<out>/<family>-<key12>.pt`` (state dict, config, family, the
         build's node digest, subjects, validation subjects and best step; key from
         :func:`checkpoint_key`).
@@ -297,25 +233,20 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
     KeyError
         Unknown family.
     ValueError
-        A subject both in training and in validation, an unknown ``cfg.select``, or ``pos_embed``
-        set for a family that has none.
+        A subject both in training and in validation, an unknown ``cfg.select``, ``pos_embed``
+        set for a family that has none, or validation subjects for a family that predicts no BVP.
     StoreError
         No such build.
     RuntimeError
         CUDA asked for and absent.
     """
-    from torch.utils.data import DataLoader
-
-    from rppg_models.data import ClipDataset
-
-    try:
-        fam = FAMILIES[family_name]()
-    except KeyError:
-        raise KeyError(f"unknown family {family_name!r}; known: {', '.join(FAMILIES)}") from None
+    fam = family(family_name)
     if cfg.select not in SELECT or cfg.augment not in AUGMENT or cfg.schedule not in SCHEDULES:
         raise ValueError(f"select must be one of {SELECT}, augment one of {AUGMENT} and schedule one of "
                          f"{SCHEDULES}; got {cfg.select!r}, {cfg.augment!r}, {cfg.schedule!r}")
     val_subjects = list(val_subjects or [])
+    if val_subjects and fam.to_bvp is None:
+        raise ValueError(f"{family_name} predicts no BVP: fit validates only the families of FAMILIES")
     if subjects is None and val_subjects:
         from rppg_prep import open_build
 
@@ -330,12 +261,71 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
         model = fam.build(frames=cfg.frames, size_px=cfg.size_px, **extra).to(dev).train()
     except TypeError:
         raise ValueError(f"pos_embed={cfg.pos_embed!r}: {family_name} has no positional-embedding option") from None
+    batches, trained_on = (fam.batches or partial(_clip_batches, fam))(cache, dataset, pipeline, cfg, subjects=subjects,
+                                                                       gen=gen, device=dev)
+    validate = _Validation(family_name, fam, cache, dataset, pipeline, val_subjects, cfg.norm or fam.norm,
+                           cfg.size_px, cfg.frames or fam.frames, dev) if val_subjects else None
+    result = _train(model, fam, batches, cfg, dev, family_name, validate=validate, progress=progress)
+    result["device"] = str(dev)
+    if dev.type == "cuda":
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    if out is not None:
+        settings = asdict(cfg)
+        if val_subjects:
+            settings["val_subjects"] = val_subjects
+        result["checkpoint"] = _checkpoint(model, family_name, settings, cache, dataset, pipeline, trained_on, out,
+                                           best_step=result["best_step"])
+    return result
+
+
+def _clip_batches(fam: Family, cache, dataset: str, pipeline: str, cfg: TrainConfig, *, subjects: list[str] | None,
+                  gen: torch.Generator, device: torch.device) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]],
+                                                                       list[str]]:
+    """A BVP family's training data: a build's clips and BVP labels, shuffled by ``gen``, epoch after epoch."""
+    from torch.utils.data import DataLoader
+
+    from rppg_models.data import ClipDataset
+
     frames = cfg.frames or fam.frames
-    norm = cfg.norm or fam.norm
-    ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=norm, layout=fam.layout,
+    ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=cfg.norm or fam.norm, layout=fam.layout,
                      size_px=cfg.size_px, jitter=cfg.augment.startswith("jitter"), flip=cfg.augment.endswith("flip"))
-    validate = _Validation(family_name, fam, cache, dataset, pipeline, val_subjects, norm, cfg.size_px, frames,
-                           dev) if val_subjects else None
+    loader = DataLoader(ds, batch_size=cfg.batch, shuffle=True, generator=gen, num_workers=cfg.workers,
+                        drop_last=len(ds) > cfg.batch, pin_memory=device.type == "cuda")
+
+    def epochs():
+        while True:
+            for x, bvp, _, _ in loader:
+                yield (x.narrow(fam.t_axis, 0, frames).to(device, non_blocking=True),
+                       bvp[:, :frames].to(device, non_blocking=True))
+
+    return epochs(), ds.subjects
+
+
+def _train(model: torch.nn.Module, fam: Family, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+           cfg: TrainConfig, dev: torch.device, label: str, *,
+           validate: Callable[[torch.nn.Module], dict[str, Any]] | None = None, validate_first: bool = False,
+           progress: bool = True) -> dict[str, Any]:
+    """The training loop every family runs: ``cfg.steps`` optimiser steps on ``batches``.
+
+    ``validate(model)`` (optional) scores the model every ``cfg.val_every`` steps, after the last
+    step, and before the first with ``validate_first`` (step 0); it returns the validation record
+    (``step`` is added), whose ``cfg.select`` entry is minimised. The model comes back in eval mode with the best
+    validated state (or the last).
+
+    Returns
+    -------
+    dict
+        ``losses``, ``clips_per_s``, ``train_s`` (s), ``model``, ``best_step``, ``val`` and, for a
+        family with a :attr:`Family.train_metric`, ``train_metric`` (one per step).
+    """
+    opt = fam.optimizer(model, cfg.lr)
+    sched = None
+    if cfg.schedule == "warmup-cosine":
+        warm = max(1, cfg.steps // 10)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1.0 + np.cos(np.pi * min(1.0, k / cfg.steps))))
+    dtype = amp_dtype(dev, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     best = {"score": float("inf"), "step": None, "state": None}
     val_log: list[dict[str, Any]] = []
 
@@ -353,52 +343,43 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
             if sum(r["step"] > since for r in val_log) >= cfg.patience:
                 return True
         return False
-    loader = DataLoader(ds, batch_size=cfg.batch, shuffle=True, generator=gen, num_workers=cfg.workers,
-                        drop_last=len(ds) > cfg.batch, pin_memory=dev.type == "cuda")
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    sched = None
-    if cfg.schedule == "warmup-cosine":
-        warm = max(1, cfg.steps // 10)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda k: min(1.0, (k + 1) / warm) * 0.5 * (1.0 + np.cos(np.pi * min(1.0, k / cfg.steps))))
-    dtype = amp_dtype(dev, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    t_axis = 2 if fam.layout == "NCDHW" else 1
-    losses, seen, t0, stopped = [], 0, time.perf_counter(), False
+
+    if validate and validate_first:
+        check(0)
+    model.train()
+    losses, metric, seen, t0, stopped = [], [], 0, time.perf_counter(), False
     bar = None
     if progress:
         from rich.progress import Progress
 
         bar = Progress(transient=True)
         bar.start()
-        task = bar.add_task(f"{family_name} on {dev.type}", total=cfg.steps)
+        task = bar.add_task(f"{label} on {dev.type}", total=cfg.steps)
     try:
-        while len(losses) < cfg.steps:
-            for x, bvp, _, _ in loader:
-                x = x.narrow(t_axis, 0, frames).to(dev, non_blocking=True)
-                bvp = bvp[:, :frames].to(dev, non_blocking=True)
-                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                    loss = fam.loss(model, x, bvp).float()
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                if sched is not None:
-                    sched.step()
-                if fam.after_step is not None:
-                    with torch.no_grad():
-                        fam.after_step(model, x)
-                losses.append(float(loss.detach()))
-                seen += len(x)
-                if bar:
-                    rate = seen / (time.perf_counter() - t0)
-                    bar.update(task, advance=1, description=f"{family_name} loss {losses[-1]:.4f}, {rate:.1f} clips/s")
-                if validate and len(losses) % cfg.val_every == 0 and check(len(losses)):
-                    stopped = True
-                if stopped or len(losses) >= cfg.steps or (cfg.max_minutes and
-                                                            time.perf_counter() - t0 > 60 * cfg.max_minutes):
-                    break
-            if stopped or (cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes):
+        while len(losses) < cfg.steps and not stopped:
+            x, y = next(batches)
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                output = fam.forward(model, x)
+                loss = fam.criterion(output, y).float()
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if sched is not None:
+                sched.step()
+            if fam.after_step is not None:
+                with torch.no_grad():
+                    fam.after_step(model, x)
+            losses.append(float(loss.detach()))
+            if fam.train_metric is not None:
+                metric.append(fam.train_metric(output, y))
+            seen += len(x)
+            if bar:
+                rate = seen / (time.perf_counter() - t0)
+                bar.update(task, advance=1, description=f"{label} loss {losses[-1]:.4f}, {rate:.1f} clips/s")
+            if validate and len(losses) % cfg.val_every == 0 and check(len(losses)):
+                stopped = True
+            if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
                 break
         if validate and (not val_log or val_log[-1]["step"] != len(losses)):
             check(len(losses))
@@ -409,16 +390,10 @@ def fit(family_name: str, cache: str | Path, dataset: str, pipeline: str, cfg: T
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
-    result: dict[str, Any] = {"losses": losses, "clips_per_s": seen / train_s, "device": str(dev), "train_s": train_s,
+    result: dict[str, Any] = {"losses": losses, "clips_per_s": seen / train_s, "train_s": train_s,
                               "model": model, "best_step": best["step"], "val": val_log}
-    if dev.type == "cuda":
-        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    if out is not None:
-        settings = asdict(cfg)
-        if val_subjects:
-            settings["val_subjects"] = val_subjects
-        result["checkpoint"] = _checkpoint(model, family_name, settings, cache, dataset, pipeline, ds.subjects, out,
-                                           best_step=best["step"])
+    if fam.train_metric is not None:
+        result["train_metric"] = metric
     return result
 
 
@@ -449,24 +424,14 @@ def fit_cnn3d_synthetic(*, steps: int = 100, batch: int = 32, lr: float = 1e-3, 
         Cross-entropy per step.
     """
     from rppg_models import cnn3d
-    from rppg_prep import pseudo_ppg as synthetic
 
     dev = pick_device(device)
     seed_everything(seed)
     rng = np.random.default_rng(seed)
-    model = cnn3d.Cnn3d().to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-7)
-    losses = []
-    for _ in range(steps):
-        labels = rng.integers(0, cnn3d.N_CLASSES, batch)
-        videos, labels = synthetic.generate(batch, rng=rng, labels=labels)
-        x, y = torch.from_numpy(videos).to(dev), torch.from_numpy(labels).to(dev)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return model.eval(), losses
+    model = cnn3d.FAMILY.build().to(dev).train()
+    res = _train(model, cnn3d.FAMILY, cnn3d.generator_batches(batch, rng, dev),
+                 TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, amp="off"), dev, "cnn3d", progress=False)
+    return res["model"], res["losses"]
 
 
 #: what "best" means on the validation subjects (:attr:`TrainConfig.select`)
@@ -497,8 +462,7 @@ class _Validation:
         if not items:
             raise ValueError(f"the validation subject(s) {subjects} have no clips")
         self.family_name, self.fam, self.frames, self.dev = family_name, fam, frames, dev
-        self.t_axis = 2 if fam.layout == "NCDHW" else 1
-        self.x = torch.stack([it[0] for it in items]).narrow(self.t_axis, 0, frames)
+        self.x = torch.stack([it[0] for it in items]).narrow(fam.t_axis, 0, frames)
         self.bvp = torch.stack([it[1] for it in items])[:, :frames]
         self.hr = np.array([float(it[2]) for it in items])
         clocks = {s: build[s]["labels"]["t_s"][:] for s in subjects}
@@ -578,11 +542,9 @@ def fit_cnn3d(cache: str | Path, dataset: str = "synthetic", pipeline: str = "sy
               progress: bool = True) -> dict[str, Any]:
     """Train Bousefsaf's 3D-CNN on a build of its synthetic videos (``rppg-prep build synthetic``).
 
-    Every stored clip is one 60-frame generator video; its class is the subject's HR class
-    (``clip_hr_device_bpm`` of the labels, the generator's HR). The model input is the green
-    channel / 255 minus the clip mean, which equals :func:`rppg_prep.pseudo_ppg.generate`. The
-    noise class has no stored form (it is not quantised), so each batch gets its expected share
-    (1/76) of noise videos drawn on the fly from the generator, as the paper's balanced batches.
+    ``fit("cnn3d", ...)`` without mixed precision, on the batches of
+    :func:`rppg_models.cnn3d.synthetic_build_batches` (the stored videos, each of its subject's HR
+    class, plus noise videos drawn on the fly), with the checkpoint recording this function's settings.
 
     Parameters
     ----------
@@ -615,97 +577,19 @@ def fit_cnn3d(cache: str | Path, dataset: str = "synthetic", pipeline: str = "sy
     ValueError
         If the build's clips are not 60 frames of 25x25 (build it with ``pipelines/synthetic.yaml``).
     """
-    from rppg_models import cnn3d
-    from rppg_prep import pseudo_ppg as synthetic
-    from rppg_prep import open_build
-
-    build = open_build(cache, dataset, pipeline)
-    xs, ys = [], []
-    for sid, nodes in build.items():
-        clips = nodes["clips"]["clips"]
-        if clips.shape[1:4] != (cnn3d.LENGTH, cnn3d.PATCH, cnn3d.PATCH):
-            raise ValueError(f"{sid}: clips are {clips.shape[1:4]}, the 3D-CNN needs (60, 25, 25) "
-                             "(build with pipelines/synthetic.yaml)")
-        g = np.asarray(clips[...])[..., 1].astype(np.float32) / 255.0
-        xs.append(g - g.mean(axis=(1, 2, 3), keepdims=True))
-        ys.append(cnn3d.bpm_to_class(np.asarray(nodes["labels"]["clip_hr_device_bpm"][:], dtype=np.float64)))
-    x_all = torch.from_numpy(np.concatenate(xs)[:, None])
-    y_all = torch.from_numpy(np.concatenate(ys))
-    dev = pick_device(device)
-    gen = seed_everything(seed)
-    rng = np.random.default_rng(seed)
-    model = cnn3d.Cnn3d().to(dev).train()
-    opt = cnn3d.make_optimizer(model, lr)
-    losses, hits, seen, t0 = [], [], 0, time.perf_counter()
-    bar = None
-    if progress:
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        bar.start()
-        task = bar.add_task(f"cnn3d on {dev.type}", total=steps)
-    try:
-        for step in range(steps):
-            n_noise = int(rng.binomial(batch, 1.0 / cnn3d.N_CLASSES))
-            idx = torch.randint(len(x_all), (batch - n_noise,), generator=gen)
-            x, y = x_all[idx], y_all[idx]
-            if n_noise:
-                xn, yn = synthetic.generate(n_noise, rng=rng, labels=np.full(n_noise, cnn3d.NOISE_CLASS))
-                x, y = torch.cat([x, torch.from_numpy(xn)]), torch.cat([y, torch.from_numpy(yn)])
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if step >= steps - max(1, steps // 10):
-                hits.append(float((logits.argmax(1) == y).float().mean()))
-            seen += len(x)
-            if bar:
-                bar.update(task, advance=1, description=f"cnn3d loss {losses[-1]:.3f}, "
-                                                        f"{seen / (time.perf_counter() - t0):.0f} clips/s")
-    finally:
-        if bar:
-            bar.stop()
-    result: dict[str, Any] = {"losses": losses, "accuracy": float(np.mean(hits)), "device": str(dev),
-                              "clips_per_s": seen / (time.perf_counter() - t0), "model": model.eval()}
+    # float32 as the reference; the checkpoint keeps recording these four settings so earlier keys still match
+    res = fit("cnn3d", cache, dataset, pipeline, TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, amp="off"),
+              device=device, progress=progress)
+    last = res["train_metric"][-max(1, steps // 10):]
+    result: dict[str, Any] = {"losses": res["losses"], "accuracy": float(np.mean(last)), "device": res["device"],
+                              "clips_per_s": res["clips_per_s"], "model": res["model"]}
     if out is not None:
+        from rppg_prep import open_build
+
         cfg = {"steps": steps, "batch": batch, "lr": lr, "seed": seed}
-        result["checkpoint"] = _checkpoint(model, "cnn3d", cfg, cache, dataset, pipeline, list(build), out)
+        result["checkpoint"] = _checkpoint(res["model"], "cnn3d", cfg, cache, dataset, pipeline,
+                                           list(open_build(cache, dataset, pipeline)), out)
     return result
-
-
-def cnn3d_clip_hr(model: torch.nn.Module, clip_uint8: np.ndarray, *, patch_stride: int = 13,
-                  time_stride: int = 50) -> float:
-    """One HR for a stored clip from the 3D-CNN's HR map over its green channel.
-
-    Patches every ``patch_stride`` px and windows every ``time_stride`` frames are reduced per
-    60-frame window by :func:`rppg_models.cnn3d.reduce_hr_map`; the clip's HR is the median over the
-    windows that are not noise.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        A trained :class:`rppg_models.cnn3d.Cnn3d`.
-    clip_uint8 : ndarray of uint8, shape (L, H, W, 3)
-        A stored clip, L >= 60.
-    patch_stride : int
-        Patch step, px.
-    time_stride : int
-        Window step, frames.
-
-    Returns
-    -------
-    float
-        HR in bpm; -1 when every window says noise.
-    """
-    from rppg_models import cnn3d
-
-    prob = cnn3d.predict_map(model, clip_uint8, patch_stride=patch_stride, time_stride=time_stride)
-    per_window = np.atleast_1d(np.asarray(cnn3d.reduce_hr_map(prob), dtype=np.float64))
-    pulse = per_window[per_window > 0]
-    return float(np.median(pulse)) if pulse.size else -1.0
 
 
 def finetune_cnn3d(model: torch.nn.Module, cache: str | Path, dataset: str, pipeline: str, *,
@@ -792,52 +676,25 @@ def finetune_cnn3d(model: torch.nn.Module, cache: str | Path, dataset: str, pipe
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     model = model.to(dev)
-    opt = cnn3d.make_optimizer(model, lr)
-    n, length, h, w = g_all.shape
-    best = {"score": float("inf"), "step": None, "state": None}
-    val_log: list[dict[str, Any]] = []
 
-    def check(step: int) -> None:
+    def check(model: torch.nn.Module) -> dict[str, Any]:
         model.eval()
-        pred = np.array([cnn3d_clip_hr(model, clip) for clip, _ in val])
+        pred = np.array([cnn3d.clip_hr(model, clip) for clip, _ in val])
         ref = np.array([r for _, r in val])
-        # a "noise" verdict scores as the training mean HR would: never better than guessing
-        mae = float(np.mean(np.abs(np.where(pred > 0, pred, fallback_bpm) - ref)))
-        val_log.append({"step": step, "hr_mae": mae})
-        if mae < best["score"]:
-            best.update(score=mae, step=step, state=copy.deepcopy(model.state_dict()))
         model.train()
+        # a "noise" verdict scores as the training mean HR would: never better than guessing
+        return {"hr_mae": float(np.mean(np.abs(np.where(pred > 0, pred, fallback_bpm) - ref)))}
 
-    if val:
-        check(0)
-    model.train()
-    losses, t0 = [], time.perf_counter()
-    for step in range(1, steps + 1):
-        k = rng.integers(0, n, batch)
-        t = rng.integers(0, length - cnn3d.LENGTH + 1, batch)
-        y = rng.integers(0, h - cnn3d.PATCH + 1, batch)
-        x = rng.integers(0, w - cnn3d.PATCH + 1, batch)
-        win = np.stack([g_all[k[i], t[i]:t[i] + cnn3d.LENGTH, y[i]:y[i] + cnn3d.PATCH, x[i]:x[i] + cnn3d.PATCH]
-                        for i in range(batch)]).astype(np.float32) / 255.0
-        win -= win.mean(axis=(1, 2, 3), keepdims=True)
-        xb, yb = torch.from_numpy(win).to(dev), torch.from_numpy(y_all[k]).to(dev)
-        loss = torch.nn.functional.cross_entropy(model(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if val and step % val_every == 0:
-            check(step)
-    if val and val_log[-1]["step"] != steps:
-        check(steps)
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
-    result: dict[str, Any] = {"losses": losses, "best_step": best["step"], "val": val_log, "model": model,
-                              "device": str(dev), "clips_per_s": steps * batch / (time.perf_counter() - t0)}
+    cfg = TrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, amp="off", val_every=val_every, select="hr_mae")
+    res = _train(model, cnn3d.FAMILY, cnn3d.patch_batches(g_all, y_all, batch, rng, dev), cfg, dev, "cnn3d",
+                 validate=check if val else None, validate_first=True, progress=False)
+    # step first, as the validation records benchmarks/train_eval.py writes have always been
+    val_log = [{"step": r["step"], "hr_mae": r["hr_mae"]} for r in res["val"]]
+    result: dict[str, Any] = {"losses": res["losses"], "best_step": res["best_step"], "val": val_log,
+                              "model": model, "device": str(dev), "clips_per_s": res["clips_per_s"]}
     if out is not None:
-        cfg = {"pretrain": pretrain or {}, "finetune": {"steps": steps, "batch": batch, "lr": lr, "seed": seed,
-                                                       "hr_label": hr_label, "val_subjects": val_subjects}}
-        result["checkpoint"] = _checkpoint(model, "cnn3d", cfg, cache, dataset, pipeline, subjects, out,
-                                           best_step=best["step"])
+        settings = {"pretrain": pretrain or {}, "finetune": {"steps": steps, "batch": batch, "lr": lr, "seed": seed,
+                                                            "hr_label": hr_label, "val_subjects": val_subjects}}
+        result["checkpoint"] = _checkpoint(model, "cnn3d", settings, cache, dataset, pipeline, subjects, out,
+                                           best_step=res["best_step"])
     return result

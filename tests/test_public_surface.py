@@ -17,7 +17,8 @@ from conftest import REPO_ROOT
 DOCUMENTED = ["rppg_prep", "rppg_prep.store", "rppg_prep.manifest", "rppg_prep.build", "rppg_prep.dag",
               "rppg_prep.maintenance", "rppg_prep.integrity", "rppg_prep.stages",
               "rppg_prep.pipeline", "rppg_prep.stage", "rppg_models", "rppg_models.train", "rppg_models.data",
-              "rppg_models.evaluate", "rppg_models.st2s_pipeline", "rppg_models.st2s", "rppg_models.stgnet",
+              "rppg_models.evaluate", "rppg_models.families", "rppg_models.st2s_pipeline", "rppg_models.st2s",
+              "rppg_models.stgnet",
               "rppg_models.meta_rppg", "rppg_models.ienet", "rppg_models.cnn3d", "rppg_models.layers"]
 #: numpydoc checks: no docstring, parameter not documented, documented parameter that does not exist,
 #: no Returns section for a function that returns a value
