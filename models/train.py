@@ -443,7 +443,7 @@ SCHEDULES = ("constant", "warmup-cosine")
 #: paper's defaults, measured under the 4-fold protocol (README, "Learning that holds on people never seen")
 CPU_RECIPES: dict[str, dict[str, Any]] = {
     "stgnet": {"size_px": 16, "norm": "bandpass", "pos_embed": "off", "augment": "jitter+flip",
-               "schedule": "warmup-cosine", "lr": 1e-3, "batch": 4, "steps": 600, "val_every": 100},
+               "schedule": "warmup-cosine", "lr": 1e-3, "batch": 8, "steps": 600, "val_every": 100},
     "meta-rppg": {"size_px": 32, "norm": "bandpass", "augment": "jitter+flip", "select": "hr_mae", "lr": 1e-3,
                   "batch": 4, "steps": 400, "val_every": 100},
 }
