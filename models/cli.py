@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from rppg_models.families import NORMALIZATIONS, REGISTRY
+from rppg_models.families import AUGMENT, NORMALIZATIONS, REGISTRY, SCHEDULES, SELECT
 from rppg_prep.cli import DEFAULT_CACHE, stderr_console, load_pipeline_or_exit
 
 __all__ = ["train", "report_checkpoint"]
@@ -70,16 +70,16 @@ __all__ = ["train", "report_checkpoint"]
                    "`rppg-prep evaluate` (rppg_models.folds.kfold_splits). Replaces --subjects/--val-subjects.")
 @click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True,
               help="Validate every this many steps.")
-@click.option("--select", type=click.Choice(["loss", "hr_mae"]), default="loss", show_default=True,
+@click.option("--select", type=click.Choice(SELECT), default="loss", show_default=True,
               help="Best validation state by the family's loss, or by the clip HR MAE in bpm.")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many validations without improvement [default: never].")
 @click.option("--pos-embed", type=click.Choice(["learned", "off"]), default="learned", show_default=True,
               help="stgnet: positional embeddings trained (the paper) or kept at zero (the CPU recipe).")
-@click.option("--augment", type=click.Choice(["none", "jitter", "jitter+flip"]), default="none", show_default=True,
+@click.option("--augment", type=click.Choice(AUGMENT), default="none", show_default=True,
               help="Training windows at random frames of the video (jitter) and mirrored left-right (flip); "
                    "none = the stored clips, as the papers.")
-@click.option("--schedule", type=click.Choice(["constant", "warmup-cosine"]), default="constant", show_default=True,
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True,
               help="Learning rate: constant (the papers'), or linear warm-up over 10 % of the steps then cosine "
                    "decay to 0.")
 def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: float, stage2_epochs: int,
@@ -125,8 +125,8 @@ def train(model: str, pipeline: str, cache: Path, epochs: int, threshold_bpm: fl
         from rppg_prep.errors import RppgPrepError
 
         pipe = load_pipeline_or_exit(pipeline)
-        train_ids = subjects.split(",") if subjects else None
-        val_ids = val_subjects.split(",") if val_subjects else None
+        train_ids = [s.strip() for s in subjects.split(",") if s.strip()] if subjects else None
+        val_ids = [s.strip() for s in val_subjects.split(",") if s.strip()] if val_subjects else None
         try:
             if fold is not None:
                 train_ids, val_ids = _fold_subjects(cache, pipe.dataset, pipe.name, fold)

@@ -23,12 +23,19 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["Family", "REGISTRY", "family", "fixed_input", "NORMALIZATIONS", "LAYOUTS"]
+__all__ = ["Family", "REGISTRY", "family", "fixed_input", "NORMALIZATIONS", "LAYOUTS", "SELECT", "AUGMENT",
+           "SCHEDULES"]
 
 #: pixel normalisations of :class:`rppg_models.data.ClipDataset` (re-exported there)
 NORMALIZATIONS = ("raw", "diffnorm", "standardized", "temporal", "bandpass")
 #: axis orders of a batch of clips (re-exported by :mod:`rppg_models.data`)
 LAYOUTS = ("NCDHW", "NDCHW", "NDHWC")
+#: what "best" means on the validation subjects (``rppg_models.train.TrainConfig.select``)
+SELECT = ("loss", "hr_mae")
+#: training-clip augmentations and learning-rate schedules (``rppg_models.train.TrainConfig``; the
+#: CLI's choices, kept here because the CLI answers --help without importing torch)
+AUGMENT = ("none", "jitter", "jitter+flip")
+SCHEDULES = ("constant", "warmup-cosine")
 
 #: family name -> the module whose ``FAMILY`` is its record (imported on first use)
 REGISTRY: dict[str, str] = {

@@ -56,7 +56,7 @@ SIZE = 64  #: face crop side, px
 CHANNELS = 64  #: feature channels of the graph module
 #: positional-embedding modes of :class:`Stgnet`. ``learned`` is the paper's. ``off`` keeps them at
 #: zero: they are added to every node whatever the input, so a trained embedding is a path from
-#: no input to the output. On the 16-px CPU recipe that path is what stalled training (README,
+#: no input to the output. On the 16-px CPU recipe that path is what stalled training (benchmarks/README.md,
 #: "Why STGNet stalled"): the predictions of different clips converged to one waveform (their
 #: mean pairwise r rose to 0.5-0.98) and the training loss sat near 1.0
 POS_EMBED = ("learned", "off")

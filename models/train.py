@@ -24,7 +24,7 @@ import torch
 
 # the 3D-CNN's HR of one stored clip, public here under its former name
 from rppg_models.cnn3d import clip_hr as cnn3d_clip_hr
-from rppg_models.families import REGISTRY, Family, family
+from rppg_models.families import AUGMENT, REGISTRY, SCHEDULES, SELECT, Family, family
 from rppg_prep.stage import canonical_json
 
 __all__ = ["Family", "FAMILIES", "TrainConfig", "SELECT", "CPU_RECIPES", "fit", "fit_cnn3d", "fit_cnn3d_synthetic",
@@ -434,11 +434,6 @@ def fit_cnn3d_synthetic(*, steps: int = 100, batch: int = 32, lr: float = 1e-3, 
     return res["model"], res["losses"]
 
 
-#: what "best" means on the validation subjects (:attr:`TrainConfig.select`)
-SELECT = ("loss", "hr_mae")
-#: training-clip augmentations and learning-rate schedules (:class:`TrainConfig`)
-AUGMENT = ("none", "jitter", "jitter+flip")
-SCHEDULES = ("constant", "warmup-cosine")
 #: the README's CPU recipes (``TrainConfig(**CPU_RECIPES[family])``): every entry a deviation from the
 #: paper's defaults, measured under the 4-fold protocol (README, "Learning that holds on people never seen")
 CPU_RECIPES: dict[str, dict[str, Any]] = {
