@@ -232,7 +232,7 @@ class Campaign:
         for how, node in zip(("flip", "truncate", "delete"), picks):
             arrays = sorted(p.parent for p in node.glob("*/zarr.json"))
             arr = arrays[rng.integers(len(arrays))]
-            idx, path = chunk_paths(arr, json.loads((arr / "zarr.json").read_text()))[0]
+            idx, path = chunk_paths(arr)[0]
             if how == "flip":
                 b = bytearray(path.read_bytes())
                 b[rng.integers(len(b))] ^= 0x04
@@ -242,7 +242,7 @@ class Campaign:
             else:
                 path.unlink()
             done.append(f"{how} {node.parent.name}/{node.name.split('-')[0]}/{arr.name}")
-        clip_chunks = chunk_paths(clips_node / "clips", json.loads((clips_node / "clips" / "zarr.json").read_text()))
+        clip_chunks = chunk_paths(clips_node / "clips")
         k = min(3, len(clip_chunks) - 1)
         chunk = clip_chunks[k][1]
         b = bytearray(chunk.read_bytes())
