@@ -32,7 +32,7 @@ ap.add_argument("--batch", type=int, default=4)
 ap.add_argument("--size", type=int, default=16)
 ap.add_argument("--frames", type=int, default=160)
 ap.add_argument("--norm", default="temporal")
-ap.add_argument("--aug", default="none")  # none | shift | shift+flip
+ap.add_argument("--aug", default="none")  # none | shift | shift+flip | shift+flip+speed
 ap.add_argument("--loss", default="np")  # np | np+spec
 ap.add_argument("--sched", default="const")  # const | warmcos
 ap.add_argument("--wd", type=float, default=0.0)
@@ -87,11 +87,21 @@ def sample():
     xs, ys = [], []
     for _ in range(a.batch):
         s = train[rng.integers(len(train))]; d = D[s]
+        # speed: a window of L * k frames resampled to L (k in [0.7, 1.4]), which scales the clip's HR
+        # by 1 / k, so that a fold trains on HRs beyond its subjects'
+        k = rng.uniform(0.7, 1.4) if "speed" in a.aug else 1.0
+        n = min(int(round(L * k)), len(d["x"]))
         if a.aug.startswith("shift"):
-            st = rng.integers(0, len(d["x"]) - L + 1)
+            st = rng.integers(0, len(d["x"]) - n + 1)
         else:
-            w = d["win"][rng.integers(len(d["win"]))]; st = w[0]
-        x = norm(d["x"][st:st + L]); y = lab(d["bvp"][st:st + L])
+            w = d["win"][rng.integers(len(d["win"]))]; st = w[0]; n = L
+        xs_, ys_ = d["x"][st:st + n], d["bvp"][st:st + n]
+        if n != L:
+            pos = np.linspace(0, n - 1, L)
+            lo = np.floor(pos).astype(int); hi = np.minimum(lo + 1, n - 1); f = (pos - lo)[:, None, None, None]
+            xs_ = xs_[lo] * (1 - f) + xs_[hi] * f
+            ys_ = np.interp(pos, np.arange(n), ys_)
+        x = norm(xs_); y = lab(np.asarray(ys_, np.float32))
         if "flip" in a.aug and rng.random() < 0.5:
             x = x[:, :, ::-1]
         if a.shift:
