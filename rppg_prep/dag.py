@@ -27,9 +27,10 @@ A task never raises for bad input: it returns an outcome with the error, the fir
 traceback and the input file, and its dependants are skipped. A worker that dies is recorded as a
 failure of the tasks it held. Every node is written under a file lock and committed atomically, so
 two builds on one cache wait for each other instead of writing the same node twice. A build (and
-:func:`repair`) holds a build lock of its own for its whole run (:func:`rppg_prep.store.build_lock`):
-nodes are recorded in the manifest only as each subject finishes, so :func:`gc` refuses to run
-meanwhile, and a build waits for a running gc before it starts.
+:func:`rppg_prep.maintenance.repair`) holds a build lock of its own for its whole run
+(:func:`rppg_prep.store.build_lock`): nodes are recorded in the manifest only as each subject
+finishes, so :func:`rppg_prep.maintenance.gc` refuses to run meanwhile, and a build waits for a
+running gc before it starts. Status, verification, repair and gc live in :mod:`rppg_prep.maintenance`.
 """
 
 from __future__ import annotations

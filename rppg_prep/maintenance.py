@@ -21,8 +21,8 @@ from rppg_prep.dag import run_build
 from rppg_prep.datasets import Subject, get_loader
 from rppg_prep.errors import ConfigError, ManifestError, RppgPrepError
 from rppg_prep.integrity import ChunkProblem, check_node
-from rppg_prep.manifest import (SubjectResult, build_nodes, config_digest, forget_nodes, forget_superseded, read_manifest,
-                                referenced_nodes)
+from rppg_prep.manifest import (SubjectResult, build_nodes, config_digest, forget_nodes, forget_superseded,
+                                read_manifest, referenced_nodes)
 from rppg_prep.pipeline import Pipeline
 from rppg_prep.stages import ORDER
 from rppg_prep.store import (gc_lock, holding_build_lock, iter_nodes, iter_partials, node_exists, node_lock, open_node,
@@ -106,7 +106,7 @@ def gc(cache: str | Path, *, dry_run: bool = False, older_than_days: float | Non
     ``all_stale`` all of them (the manifests then forget them).
 
     Safety: gc holds the cache alone (:func:`rppg_prep.store.gc_lock`). While any build holds its
-    build lock (:func:`run_build`, :func:`repair` and ST2S's derived nodes hold one from before they
+    build lock (:func:`rppg_prep.dag.run_build`, :func:`repair` and ST2S's derived nodes hold one from before they
     plan until their nodes are recorded) gc removes nothing and raises :class:`CacheBusyError`; a
     build that starts during a gc waits for it to finish. Every manifest, nested folders too, is
     read and validated first (:func:`rppg_prep.manifest.referenced_nodes`): one that cannot be read
@@ -166,7 +166,7 @@ def gc(cache: str | Path, *, dry_run: bool = False, older_than_days: float | Non
 @holding_build_lock
 def repair(pipe: Pipeline, cache: str | Path, problems: list, *,
            progress: ProgressFn | None = None) -> tuple[list[SubjectResult], list[str]]:
-    """Rebuild exactly the nodes :func:`rppg_prep.integrity.verify_build` found damaged.
+    """Rebuild exactly the nodes :func:`verify_build` found damaged.
 
     Each damaged core node is recomputed from the dataset root the manifest records and replaces
     the damaged one atomically; every other node is kept. A damaged node derived from a trained
@@ -180,7 +180,7 @@ def repair(pipe: Pipeline, cache: str | Path, problems: list, *,
     cache : str or Path
         Store root.
     problems : list of ChunkProblem
-        From :func:`rppg_prep.integrity.verify_build`.
+        From :func:`verify_build`.
     progress : callable (subject, stage, done, total), optional
 
     Returns
