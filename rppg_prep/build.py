@@ -31,7 +31,7 @@ from rppg_prep.manifest import SubjectResult
 from rppg_prep.pipeline import Pipeline
 from rppg_prep.stages import ORDER, STAGES
 from rppg_prep.stage import NodeContext, StreamCarry, node_key, node_provenance
-from rppg_prep.store import (NodeWriter, fingerprint, node_exists, node_path, open_node, parked_node,
+from rppg_prep.store import (NodeWriter, fingerprint, node_cache, node_exists, node_path, open_node, parked_node,
                              restore_replaced)
 
 __all__ = ["plan_subject", "video_pass", "run_stage", "raw_files", "RUNNERS", "SubjectResult", "NodePlan",
@@ -109,7 +109,7 @@ def raw_files(subject: Subject, roles: tuple[str, ...]) -> dict[str, Path]:
 
 def _unchanged_inputs(subject: Subject, node: NodePlan) -> None:
     """Raise when a raw input of the node changed since it was keyed: the node would mix two versions."""
-    cache = node.path.parents[2]
+    cache = node_cache(node.path)
     for role, (path, planned) in node.inputs.items():
         if _file_hash(path, cache) != planned:
             error = GroundTruthError if role.startswith("truth") else VideoDecodeError

@@ -84,18 +84,24 @@ def chunk_paths(array_dir: Path) -> list[tuple[tuple[int, ...], Path]]:
     Exception
         Whatever zarr raises on metadata it cannot read (a missing or damaged ``zarr.json``).
     """
+    return _chunk_files(_open(array_dir), array_dir)
+
+
+def _open(array_dir: Path):  # noqa: ANN202 - zarr.Array, imported lazily
     import zarr
 
-    arr = zarr.open_array(str(array_dir), mode="r")
+    return zarr.open_array(str(array_dir), mode="r")
+
+
+def _chunk_files(arr, array_dir: Path) -> list[tuple[tuple[int, ...], Path]]:  # noqa: ANN001 - zarr.Array
     return [(idx, Path(array_dir).joinpath(*arr.metadata.encode_chunk_key(idx).split("/")))
             for idx in itertools.product(*(range(n) for n in arr.cdata_shape))]
 
 
-def _has_crc(array_dir: Path) -> bool:
-    import zarr
+def _has_crc(arr) -> bool:  # noqa: ANN001 - zarr.Array
     from zarr.codecs import Crc32cCodec
 
-    return any(isinstance(c, Crc32cCodec) for c in zarr.open_array(str(array_dir), mode="r").metadata.codecs)
+    return any(isinstance(c, Crc32cCodec) for c in arr.metadata.codecs)
 
 
 def content_digest(node: str | Path) -> str:
@@ -112,12 +118,11 @@ def content_digest(node: str | Path) -> str:
         64 hex characters; a missing chunk enters as ``missing``.
     """
     h = hashlib.sha256()
-    import zarr
-
     for meta in sorted(Path(node).glob("*/zarr.json")):
+        arr = _open(meta.parent)
         # list(shape) prints as zarr.json's JSON list: digests of nodes written earlier still match
-        h.update(f"{meta.parent.name}\0{list(zarr.open_array(str(meta.parent), mode='r').shape)}\n".encode())
-        for idx, path in chunk_paths(meta.parent):
+        h.update(f"{meta.parent.name}\0{list(arr.shape)}\n".encode())
+        for idx, path in _chunk_files(arr, meta.parent):
             try:
                 with open(path, "rb") as fh:
                     fh.seek(-4, 2)
@@ -153,7 +158,8 @@ def check_node(node: str | Path) -> list[ChunkProblem]:
     for meta_path in sorted(node.glob("*/zarr.json")):
         name = meta_path.parent.name
         try:
-            has_crc, chunks = _has_crc(meta_path.parent), chunk_paths(meta_path.parent)
+            arr = _open(meta_path.parent)
+            has_crc, chunks = _has_crc(arr), _chunk_files(arr, meta_path.parent)
         except Exception:  # noqa: BLE001 - zarr raises JSON, key and validation errors on damaged metadata
             problems.append(ChunkProblem(node, name, (), "metadata", meta_path))
             continue

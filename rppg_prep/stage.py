@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from rppg_prep.sources import VideoInfo
 
-__all__ = ["ArraySpec", "Stage", "NodeContext", "StreamCarry", "streaming_kernel", "canonical_json", "node_key",
+__all__ = ["ArraySpec", "Stage", "NodeContext", "StreamCarry", "canonical_json", "node_key",
            "node_provenance", "params_from_dict"]
 
 KEY_LEN = 64
@@ -82,8 +82,8 @@ class Stage:
     fn : callable (NodeContext) -> None, or (NodeContext, StreamCarry) -> consumer
         The kernel. A stage that reads other nodes writes its node in one call, ``fn(ctx)``. A
         ``streams`` stage is called ``fn(ctx, carry)`` with the pass's :class:`StreamCarry` and
-        returns a consumer of the one streaming pass over the frames instead
-        (:func:`streaming_kernel`).
+        returns a consumer of the one streaming pass over the frames instead (its ``fn`` is the
+        consumer class: ``push(batch, carry)`` per batch, then ``finish(carry)``, or ``abort()``).
     streams : bool
         The stage is fed from the frame source (decode, landmarks, face share one pass).
     raw_inputs : tuple of str
@@ -260,27 +260,6 @@ class StreamCarry:
     t_s: np.ndarray | None = None
     n_frames: int = 0
     fps: float | None = None
-
-
-def streaming_kernel(consumer: type) -> Callable[[NodeContext, StreamCarry], Any]:
-    """The kernel (``Stage.fn``) of a ``streams`` stage: ``fn(ctx, carry)`` makes its consumer of the pass.
-
-    Parameters
-    ----------
-    consumer : type
-        The consumer class, constructed as ``consumer(ctx, carry)``; the pass calls its
-        ``push(batch, carry)`` for every :class:`rppg_prep.sources.FrameBatch`, then ``finish(carry)``
-        (which writes the node when ``ctx.writer`` is set), or ``abort()`` when the pass fails.
-
-    Returns
-    -------
-    callable (NodeContext, StreamCarry) -> consumer
-    """
-    def consume(ctx: NodeContext, carry: StreamCarry) -> Any:
-        return consumer(ctx, carry)
-
-    consume.__doc__ = f"Kernel of the stage: a :class:`{consumer.__name__}` consumer of the streaming pass."
-    return consume
 
 
 def _plain(obj: Any) -> Any:

@@ -64,7 +64,6 @@ __all__ = [
     "parked_node",
     "recover_replaced",
     "node_cache",
-    "node_stage",
     "iter_nodes",
     "partial_dir",
     "partial_key",
@@ -209,21 +208,6 @@ def node_cache(path: str | Path) -> Path:
         ``cache``.
     """
     return Path(path).parents[2]
-
-
-def node_stage(path: str | Path) -> str:
-    """The stage name in a node folder's name.
-
-    Parameters
-    ----------
-    path : str or Path
-        A node folder, ``<stage>-<key12>`` (a stage name may hold ``-``).
-
-    Returns
-    -------
-    str
-    """
-    return Path(path).name.rsplit("-", 1)[0]
 
 
 def iter_nodes(cache: str | Path) -> Iterator[Path]:
@@ -482,7 +466,7 @@ class NodeWriter:
         dtype = np.dtype(dtype)
         from zarr.codecs import BloscCodec, Crc32cCodec
 
-        fault_point("enospc", str(self.attrs.get("stage")), str(self.attrs.get("subject")))
+        self._fault("enospc")
         # crc32c last: every chunk file carries the checksum of its bytes, checked on every read;
         # empty chunks are written too, so that a deleted chunk file is a visible loss
         codecs = (BloscCodec(**(PIXEL_CODEC if dtype == np.uint8 else SIGNAL_CODEC)), Crc32cCodec())
@@ -566,6 +550,10 @@ class NodeWriter:
             _drop_backup(backup)
         return self.final
 
+    def _fault(self, kind: str) -> None:
+        """This node's fault point of ``kind`` (:func:`rppg_prep.faults.fault_point`)."""
+        fault_point(kind, str(self.attrs.get("stage")), str(self.attrs.get("subject")))
+
     def _mark_clock(self) -> None:
         """Name ``t_s`` as the coordinate of ``frame`` with CF's ``coordinates`` attribute, so that
         ``xarray.open_zarr`` on the node gives the frame clock as a coordinate.
@@ -585,14 +573,14 @@ class NodeWriter:
     def _replace(self) -> None:
         """Swap the finished node in for whatever is at ``final`` (see :meth:`commit`)."""
         if _exchange(self.tmp, self.final):
-            fault_point("crash-replace", str(self.attrs.get("stage")), str(self.attrs.get("subject")))
+            self._fault("crash-replace")
             _remove(self.tmp)  # the old node, swapped out
             return
         backup = _backup_path(self.final, str(self.attrs.get("key", "")))
         _remove(backup)
         backup.parent.mkdir(parents=True, exist_ok=True)
         os.rename(self.final, backup)
-        fault_point("crash-replace", str(self.attrs.get("stage")), str(self.attrs.get("subject")))
+        self._fault("crash-replace")
         try:
             os.rename(self.tmp, self.final)
         except BaseException:

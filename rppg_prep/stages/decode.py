@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rppg_prep.stage import ArraySpec, NodeContext, Stage, StreamCarry, streaming_kernel
+from rppg_prep.stage import ArraySpec, NodeContext, Stage, StreamCarry
 
-__all__ = ["DecodeParams", "STAGE", "FrameTimes", "consume"]
+__all__ = ["DecodeParams", "STAGE", "FrameTimes"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +64,6 @@ class FrameTimes:
         """Nothing to release."""
 
 
-consume = streaming_kernel(FrameTimes)
 
 
 STAGE = Stage(
@@ -73,7 +72,7 @@ STAGE = Stage(
     params=DecodeParams,
     inputs=(),
     outputs=(ArraySpec("t_s", "float64", ("frame",), "s", "presentation time of each frame"),),
-    fn=consume,
+    fn=FrameTimes,  # the kernel of a streaming stage: its consumer, made as FrameTimes(ctx, carry)
     streams=True,
     raw_inputs=("video", "frame_clock"),
 )

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from rppg_prep.errors import ConfigError, FaceNotFoundError
-from rppg_prep.stage import ArraySpec, NodeContext, Stage, StreamCarry, streaming_kernel
+from rppg_prep.stage import ArraySpec, NodeContext, Stage, StreamCarry
 
-__all__ = ["FaceParams", "STAGE", "FaceTracker", "raw_boxes", "crop_square", "FaceCrops", "consume", "gaps"]
+__all__ = ["FaceParams", "STAGE", "FaceTracker", "raw_boxes", "crop_square", "FaceCrops", "gaps"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -362,7 +362,6 @@ class FaceCrops:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-consume = streaming_kernel(FaceCrops)
 
 
 STAGE = Stage(
@@ -375,6 +374,6 @@ STAGE = Stage(
         ArraySpec("box", "float32", ("frame", "xywh"), "px", "crop square in the source frame: x0, y0, side, side"),
         ArraySpec("valid", "bool", ("frame",), "", "face tracked in this frame (gaps <= max_gap_s bridged)"),
     ),
-    fn=consume,
+    fn=FaceCrops,  # the kernel of a streaming stage: its consumer, made as FaceCrops(ctx, carry)
     streams=True,
 )

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from rppg_prep.errors import ConfigError
-from rppg_prep.stage import ArraySpec, NodeContext, Stage, StreamCarry, streaming_kernel
+from rppg_prep.stage import ArraySpec, NodeContext, Stage, StreamCarry
 
-__all__ = ["LandmarkParams", "STAGE", "make_detector", "MeshDetector", "HaarDetector", "N_LANDMARKS", "LandmarkTrack", "consume"]
+__all__ = ["LandmarkParams", "STAGE", "make_detector", "MeshDetector", "HaarDetector", "N_LANDMARKS", "LandmarkTrack"]
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,6 @@ class LandmarkTrack:
             self.detector = None
 
 
-consume = streaming_kernel(LandmarkTrack)
 
 
 STAGE = Stage(
@@ -455,6 +454,6 @@ STAGE = Stage(
                   "landmark positions in the source frame, NaN where no face was found"),
         ArraySpec("detected", "bool", ("frame",), "", "a face was found in this frame"),
     ),
-    fn=consume,
+    fn=LandmarkTrack,  # the kernel of a streaming stage: its consumer, made as LandmarkTrack(ctx, carry)
     streams=True,
 )
