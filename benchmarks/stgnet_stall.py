@@ -88,7 +88,7 @@ def sample():
     for _ in range(a.batch):
         s = train[rng.integers(len(train))]; d = D[s]
         # speed: a window of L * k frames resampled to L (k in [0.7, 1.4]), which scales the clip's HR
-        # by 1 / k, so that a fold trains on HRs beyond its subjects'
+        # by k, so that a fold trains on HRs beyond its subjects'
         k = rng.uniform(0.7, 1.4) if "speed" in a.aug else 1.0
         n = min(int(round(L * k)), len(d["x"]))
         if a.aug.startswith("shift"):

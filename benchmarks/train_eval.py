@@ -56,6 +56,7 @@ import torch
 
 from rppg_models.data import hr_label_array
 from rppg_models.evaluate import evaluate_checkpoint, hr_on_clock
+from rppg_models.families import AUGMENT
 from rppg_models.folds import Split, fixed_split, kfold_splits, mean_sd, overlap_average, whole_video_hr
 from rppg_models.train import FAMILIES, TrainConfig, finetune_cnn3d, fit, fit_cnn3d, pick_device
 from rppg_prep import open_build
@@ -339,8 +340,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=None, help="STGNet: clip length in frames")
     ap.add_argument("--pos-embed", default="learned", choices=("learned", "off"),
                     help="STGNet: positional embeddings trained (the paper) or kept at zero (the CPU recipe)")
-    ap.add_argument("--augment", default="none", choices=("none", "jitter", "jitter+flip"),
-                    help="training windows at random frames (jitter) and mirrored (flip); none is the papers'")
+    ap.add_argument("--augment", default="none", choices=AUGMENT,
+                    help="training windows at random frames (jitter), mirrored (flip), 0.7-1.4 clips long "
+                         "resampled to one (speed: HR x k); none is the papers'")
     ap.add_argument("--schedule", default="constant", choices=("constant", "warmup-cosine"),
                     help="learning rate: constant (the papers') or 10 %% linear warm-up then cosine decay")
     ap.add_argument("--meta-size-px", type=int, default=None, help="Meta-rPPG: resize crops to this side (>= 32)")

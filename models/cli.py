@@ -77,8 +77,9 @@ __all__ = ["train", "report_checkpoint"]
 @click.option("--pos-embed", type=click.Choice(["learned", "off"]), default="learned", show_default=True,
               help="stgnet: positional embeddings trained (the paper) or kept at zero (the CPU recipe).")
 @click.option("--augment", type=click.Choice(AUGMENT), default="none", show_default=True,
-              help="Training windows at random frames of the video (jitter) and mirrored left-right (flip); "
-                   "none = the stored clips, as the papers.")
+              help="Training windows at random frames of the video (jitter), mirrored left-right (flip), and "
+                   "0.7-1.4 clip lengths long resampled to one clip, which scales their HR by 0.7-1.4 "
+                   "(speed); none = the stored clips, as the papers.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True,
               help="Learning rate: constant (the papers'), or linear warm-up over 10 % of the steps then cosine "
                    "decay to 0.")

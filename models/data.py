@@ -44,10 +44,13 @@ from torch.utils.data import Dataset
 from rppg_models.families import LAYOUTS, NORMALIZATIONS
 
 __all__ = ["ClipDataset", "normalize", "subject_folds", "to_device", "hr_label_array", "NORMALIZATIONS", "LAYOUTS",
-           "HR_LABELS", "DEFAULT_HR_LABEL"]
+           "HR_LABELS", "DEFAULT_HR_LABEL", "SPEED_RANGE"]
 
 #: HR band of the ``bandpass`` normalisation, Hz
 BANDPASS_HZ = (0.7, 3.5)
+#: window-length factors k of the ``speed`` augmentation (HR scaled by k: x0.7 to x1.4, so the shared
+#: subjects' 60-125 bpm cover about 42-175 bpm); screened with benchmarks/stgnet_stall.py
+SPEED_RANGE = (0.7, 1.4)
 #: which HR of the labels node is the label: the median of the beats, or the Welch peak
 HR_LABELS = ("beats", "welch")
 #: on the 8 shared UBFC-rPPG subjects the beat-based window HR is closer to the oximeter (median |diff|
@@ -144,6 +147,14 @@ def normalize(clip: np.ndarray, how: str, fs_hz: float = 30.0) -> np.ndarray:
     raise ValueError(f"normalisation must be one of {NORMALIZATIONS}, got {how!r}")
 
 
+def _resample_time(x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """``x`` (n, ...) linearly interpolated along axis 0 at the fractional frame positions ``pos`` (float32)."""
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, len(x) - 1)
+    w = (pos - lo).astype(np.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+    return (x[lo] * (1 - w) + x[hi] * w).astype(np.float32)
+
+
 def _label(bvp: np.ndarray, how: str) -> np.ndarray:
     if how == "diffnorm":
         d = np.zeros_like(bvp)
@@ -214,17 +225,25 @@ class ClipDataset(Dataset):
         instead of ~28 fixed ones.
     flip : bool
         Augmentation for training: mirror each item left-right with probability 1/2.
+    speed : (float, float), optional
+        Augmentation for training, with ``jitter`` only: the window is ``round(L * k)`` frames with
+        ``k`` drawn uniformly from ``speed`` (e.g. :data:`SPEED_RANGE`), resampled to L frames by
+        linear interpolation in time, pixels (kept float, since the pulse is below one grey level)
+        and BVP label alike. The clip then shows the subject's pulse at HR x k on the clip's own
+        frame clock, so that training covers HRs beyond its subjects' (a resampling augmentation
+        in the spirit of Gideon & Stent, ICCV 2021). A window longer than the video is cut to it.
 
     Raises
     ------
     KeyError
-        A subject not in the build. ValueError: bad ``norm``, ``layout``, ``hr_label`` or ``size_px``.
+        A subject not in the build. ValueError: bad ``norm``, ``layout``, ``hr_label``, ``size_px``
+        or ``speed``.
     """
 
     def __init__(self, cache: str | Path, dataset: str, pipeline: str, *, subjects: list[str] | None = None,
                  norm: str = "raw", label_norm: str = "standardized", layout: str = "NCDHW",
                  hr_label: str = DEFAULT_HR_LABEL, size_px: int | None = None, jitter: bool = False,
-                 flip: bool = False):
+                 flip: bool = False, speed: tuple[float, float] | None = None):
         from rppg_prep.manifest import build_nodes, open_build, read_manifest
 
         if norm not in NORMALIZATIONS or layout not in LAYOUTS:
@@ -237,7 +256,9 @@ class ClipDataset(Dataset):
         # paths, not groups: a DataLoader worker opens its own (the manifest turns records into paths)
         paths = build_nodes(cache, read_manifest(cache, dataset, pipeline))
         self.paths = {s: tuple(str(paths[s][st]) for st in ("clips", "labels", "face")) for s in self.subjects}
-        self.jitter, self.flip = jitter, flip
+        if speed is not None and not (jitter and 0 < speed[0] <= speed[1]):
+            raise ValueError(f"speed needs jitter=True and 0 < k_min <= k_max; got {speed!r}, jitter={jitter}")
+        self.jitter, self.flip, self.speed = jitter, flip, speed
         self.windows = {s: build[s]["clips"]["window"][:] for s in self.subjects}
         self.hr = {s: hr_label_array(build[s]["labels"], "clip_", hr_label) for s in self.subjects}
         if size_px is not None and size_px < 8:
@@ -274,12 +295,20 @@ class ClipDataset(Dataset):
         clips, labels, face = self._nodes()[sid]
         a, b = self.windows[sid][k]
         hr = float(self.hr[sid][k])
+        resample = None
         if self.jitter:
-            n_frames = labels["bvp"].shape[0]
-            a = int(torch.randint(0, n_frames - (b - a) + 1, ()).item())
-            b, hr = a + int(self.windows[sid][k][1] - self.windows[sid][k][0]), float("nan")
+            n_frames, length = labels["bvp"].shape[0], int(b - a)
+            n = length
+            if self.speed is not None:
+                lo, hi = self.speed
+                n = min(n_frames, max(2, round(length * (lo + (hi - lo) * float(torch.rand(()))))))
+                resample = np.linspace(0.0, n - 1.0, length) if n != length else None
+            a = int(torch.randint(0, n_frames - n + 1, ()).item())
+            b, hr = a + n, float("nan")
             raw = self._read(sid, 2, lambda: np.asarray(face["frames"][a:b]), f"face frames {a}-{b}")
             raw = resize_clip(raw, self.size_px or clips["clips"].shape[2])
+            if resample is not None:
+                raw = _resample_time(raw.astype(np.float32), resample)
         else:
             raw = self._read(sid, 0, lambda: np.asarray(clips["clips"][k]), f"clips chunk {k}")
             if self.size_px is not None:
@@ -295,8 +324,10 @@ class ClipDataset(Dataset):
             x = x.transpose(3, 0, 1, 2)
         elif self.layout == "NDCHW":
             x = x.transpose(0, 3, 1, 2)
-        bvp = _label(self._read(sid, 1, lambda: np.asarray(labels["bvp"][a:b], dtype=np.float32),
-                                f"bvp frames {a}-{b}"), self.label_norm)
+        bvp = self._read(sid, 1, lambda: np.asarray(labels["bvp"][a:b], dtype=np.float32), f"bvp frames {a}-{b}")
+        if resample is not None:
+            bvp = _resample_time(bvp, resample)
+        bvp = _label(bvp, self.label_norm)
         return (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(bvp.astype(np.float32)),
                 torch.tensor(hr), torch.tensor([si, k]))
 

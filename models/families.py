@@ -34,7 +34,7 @@ LAYOUTS = ("NCDHW", "NDCHW", "NDHWC")
 SELECT = ("loss", "hr_mae")
 #: training-clip augmentations and learning-rate schedules (``rppg_models.train.TrainConfig``; the
 #: CLI's choices, kept here because the CLI answers --help without importing torch)
-AUGMENT = ("none", "jitter", "jitter+flip")
+AUGMENT = ("none", "jitter", "jitter+flip", "jitter+flip+speed")
 SCHEDULES = ("constant", "warmup-cosine")
 
 #: family name -> the module whose ``FAMILY`` is its record (imported on first use)

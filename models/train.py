@@ -77,9 +77,11 @@ class TrainConfig:
     pos_embed : {"learned", "off"}
         STGNet only: ``learned`` is the paper's; ``off`` keeps the positional embeddings at zero
         (:data:`rppg_models.stgnet.POS_EMBED`, the CPU recipe).
-    augment : {"none", "jitter", "jitter+flip"}
-        Training-clip augmentation (:class:`rppg_models.data.ClipDataset` ``jitter`` / ``flip``):
-        windows at random frames instead of the stored clips, and left-right mirroring.
+    augment : {"none", "jitter", "jitter+flip", "jitter+flip+speed"}
+        Training-clip augmentation (:class:`rppg_models.data.ClipDataset` ``jitter`` / ``flip`` /
+        ``speed``): windows at random frames instead of the stored clips, left-right mirroring, and
+        windows of 0.7-1.4 clip lengths resampled to one (:data:`rppg_models.data.SPEED_RANGE`),
+        which scales each training clip's HR by k.
     schedule : {"constant", "warmup-cosine"}
         Learning rate: constant (the papers'), or a linear warm-up over the first 10 % of
         ``steps`` then a cosine decay to 0 at ``steps``.
@@ -284,11 +286,12 @@ def _clip_batches(fam: Family, cache, dataset: str, pipeline: str, cfg: TrainCon
     """A BVP family's training data: a build's clips and BVP labels, shuffled by ``gen``, epoch after epoch."""
     from torch.utils.data import DataLoader
 
-    from rppg_models.data import ClipDataset
+    from rppg_models.data import SPEED_RANGE, ClipDataset
 
     frames = cfg.frames or fam.frames
     ds = ClipDataset(cache, dataset, pipeline, subjects=subjects, norm=cfg.norm or fam.norm, layout=fam.layout,
-                     size_px=cfg.size_px, jitter=cfg.augment.startswith("jitter"), flip=cfg.augment.endswith("flip"))
+                     size_px=cfg.size_px, jitter=cfg.augment.startswith("jitter"), flip="flip" in cfg.augment,
+                     speed=SPEED_RANGE if cfg.augment.endswith("speed") else None)
     loader = DataLoader(ds, batch_size=cfg.batch, shuffle=True, generator=gen, num_workers=cfg.workers,
                         drop_last=len(ds) > cfg.batch, pin_memory=device.type == "cuda")
 

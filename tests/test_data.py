@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from rppg_models.data import ClipDataset, normalize, subject_folds
 from rppg_prep.cli import main
-from rppg_prep.sample import write_ubfc_sample
+from rppg_prep.sample import SAMPLE_HR_BPM, write_ubfc_sample
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,31 @@ def test_hr_label_and_size_choices(cache):
     assert 50 < float(hr_b) < 120 and abs(float(hr_b) - float(hr_w)) < 10  # the sample's HR drifts slowly
     with pytest.raises(ValueError, match="hr_label"):
         ClipDataset(cache, "ubfc", "ubfc", hr_label="oximeter")
+
+
+def _peak_bpm(sig: np.ndarray, fs_hz: float = 30.0) -> float:
+    sig = sig - sig.mean()
+    f = np.fft.rfftfreq(4096, 1 / fs_hz)
+    return float(60 * f[np.argmax(np.abs(np.fft.rfft(sig, 4096)))])
+
+
+@pytest.mark.parametrize("k", [0.5, 2.0])
+def test_speed_scales_the_pulse_of_pixels_and_label_alike(cache, k):
+    """A window of 160 k frames resampled to 160 shows the pulse at HR x k, in the face and in the label."""
+    torch.manual_seed(0)
+    ds = ClipDataset(cache, "ubfc", "ubfc", subjects=["subject1"], norm="raw", size_px=16, jitter=True,
+                     speed=(k, k))
+    for i in range(3):
+        x, bvp, hr, _ = ds[i]
+        assert x.shape == (3, 160, 16, 16) and bvp.shape == (160,) and np.isnan(float(hr))
+        want = SAMPLE_HR_BPM[0] * k  # the sample's subject1 beats at 66 bpm, drifting +/-2
+        assert abs(_peak_bpm(bvp.numpy()) - want) < 2 * k + 2
+        # the sample's face brightens with the pulse: its mean green follows the label's rate
+        assert abs(_peak_bpm(x[1].mean(axis=(1, 2)).numpy()) - _peak_bpm(bvp.numpy())) < 3
+    plain = ClipDataset(cache, "ubfc", "ubfc", subjects=["subject1"], norm="raw", size_px=16, jitter=True)
+    assert abs(_peak_bpm(plain[0][1].numpy()) - SAMPLE_HR_BPM[0]) < 4
+    with pytest.raises(ValueError, match="speed needs jitter"):
+        ClipDataset(cache, "ubfc", "ubfc", speed=(0.7, 1.4))
 
 
 def test_subject_folds_are_disjoint_and_cover_everyone():
