@@ -18,6 +18,8 @@ synthetic --cache CACHE``; built here when missing).
 split one training subject is held back for validation (``--val`` for a fixed split): the checkpoint
 is the state with the best validation loss (``--select``), evaluated every ``--val-every`` steps,
 never anything measured on the test subjects. Each split runs for every seed of ``--seeds``.
+``--max-train N`` keeps only the first N training subjects of every split (validation and test
+unchanged), to check that training on more subjects does not make a family worse.
 STGNet, Meta-rPPG and IENet (RGB only) train with :func:`rppg_models.train.fit`; the 3D-CNN trains on
 its synthetic videos alone, as in its paper (one model per seed, scored on every fold); ST2S runs
 :func:`rppg_models.st2s_pipeline.evaluate_split` (HR per 10-s ST segment).
@@ -31,6 +33,14 @@ Scores, on the test subjects of each split:
   predictions z-scored and overlap-averaged), FFT peak in 0.75-2.5 Hz after the Toolbox's detrend
   and band-pass, against the contact PPG of the same frames through the same steps; MAE, RMSE, MAPE
   and r over subjects (pooled over the folds of a seed, so every subject counts once per seed).
+
+* ``benchmarks/peers.py``'s protocol, which scores the pretrained peers: the same concatenated
+  prediction through :func:`peers.score_subject` (frames taken as they come, at the mean rate of the
+  clock; whole-video HR, 10-s windows at a 1-s stride, window BVP r), pooled over a seed's folds, so
+  a family's row and a peer's row compare under one protocol.
+
+``--rescore JSON`` adds that protocol to the runs of an earlier JSON from their checkpoints (no
+training; each run's clip MAE is checked against the stored one) and rewrites its summary.
 
 Beside every family, on the same clips: POS on the face-skin ROI (no training) and a constant
 predictor (the mean label HR of the training and validation clips). The fold summary gives mean ±
@@ -46,6 +56,7 @@ once with a clear message. Writes ``benchmarks/results/train-eval-<date>-<device
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import asdict
@@ -63,10 +74,13 @@ from rppg_prep import open_build
 from rppg_prep.errors import StoreError
 from rppg_prep.protocols import metrics
 
+from peers import score_subject, summarise  # benchmarks/peers.py, beside this script (its pure scoring; no open-rppg needed)
+
 ALL_FAMILIES = [*sorted(FAMILIES), "cnn3d", "st2s"]
 #: the figures summarised over folds and seeds
 CLIP_KEYS = ("mae", "rmse", "pearson_r", "bvp_r")
 TOOLBOX_KEYS = ("mae", "rmse", "mape", "pearson_r")
+PEERS_KEYS = ("video_mae", "video_rmse", "window_mae", "window_rmse", "window_bvp_r")
 
 
 def clip_table(build: dict, subjects: list[str], hr_label: str) -> list[dict]:
@@ -114,28 +128,63 @@ def toolbox_scores(pred: dict[str, float], ref: dict[str, float]) -> dict:
     return row
 
 
-def family_toolbox(build: dict, subjects: list[str], bvp: dict[tuple[str, int], np.ndarray]) -> dict[str, float]:
-    """Whole-video HR per subject from a family's clip predictions (overlap-averaged, z-scored)."""
+def family_signals(build: dict, subjects: list[str], bvp: dict[tuple[str, int], np.ndarray]) -> dict[str, np.ndarray]:
+    """Per subject, a family's clip predictions overlap-averaged into one signal over :func:`video_span`."""
     out = {}
     for sid in subjects:
-        win = build[sid]["clips"]["window"][:]
         ks = sorted(k for s, k in bvp if s == sid)
-        if not ks:
-            out[sid] = float("nan")
-            continue
+        if ks:
+            win = build[sid]["clips"]["window"][:]
+            a, b = video_span(build, sid)
+            out[sid] = overlap_average([bvp[(sid, k)] for k in ks], win[ks], build[sid]["labels"]["t_s"].shape[0])[a:b]
+    return out
+
+
+def family_toolbox(build: dict, subjects: list[str], signals: dict[str, np.ndarray]) -> dict[str, float]:
+    """Whole-video HR per subject (NaN without a signal) from :func:`family_signals`."""
+    out = {}
+    for sid in subjects:
         a, b = video_span(build, sid)
-        t = build[sid]["labels"]["t_s"][:]
-        sig = overlap_average([bvp[(sid, k)] for k in ks], win[ks], len(t))
-        out[sid] = whole_video_hr(sig[a:b], t[a:b])
+        out[sid] = (whole_video_hr(signals[sid], build[sid]["labels"]["t_s"][a:b]) if sid in signals
+                    else float("nan"))
+    return out
+
+
+def peers_protocol(build: dict, signals: dict[str, np.ndarray]) -> dict[str, dict]:
+    """``benchmarks/peers.py``'s scoring of a per-frame signal per subject, over the frames its clips cover.
+
+    The same :func:`peers.score_subject` (index clock, whole-video HR and 10-s windows at a 1-s
+    stride by the Toolbox's detrend + band-pass + FFT, window BVP r) that scores the pretrained
+    peers, so a family's row and a peer's row compare under one protocol. ``signals`` maps a
+    subject to its signal over :func:`video_span`; the windows' frame ranges are dropped.
+    """
+    out = {}
+    for sid, sig in signals.items():
+        a, b = video_span(build, sid)
+        lab = build[sid]["labels"]
+        res = score_subject(sig, lab["bvp"][a:b], lab["t_s"][a:b])
+        res.pop("windows")
+        out[sid] = res
     return out
 
 
 def constant_baseline(build: dict, known: list[str], clips: list[dict], hr_label: str,
-                      toolbox_ref: dict[str, float]) -> dict:
-    """The floor a model must beat: every test clip (and subject) predicted at the mean label HR of ``known``."""
+                      toolbox_ref: dict[str, float], peers_ref: dict[str, dict]) -> dict:
+    """The floor a model must beat: every test clip (and subject) predicted at the mean label HR of ``known``.
+
+    ``peers_ref``: a :func:`peers_protocol` result whose reference HRs the constant is scored against.
+    """
     const = float(np.nanmean(np.concatenate([hr_label_array(build[s]["labels"], "clip_", hr_label) for s in known])))
     return {"hr_bpm": const, **summary([const] * len(clips), [c["hr_ref_bpm"] for c in clips]),
-            "toolbox": toolbox_scores({s: const for s in toolbox_ref}, toolbox_ref)}
+            "toolbox": toolbox_scores({s: const for s in toolbox_ref}, toolbox_ref),
+            "peers_protocol": constant_peers_protocol(const, peers_ref)}
+
+
+def constant_peers_protocol(hr_bpm: float, peers_ref: dict[str, dict]) -> dict[str, dict]:
+    """:func:`peers_protocol` rows of a constant ``hr_bpm``, against the reference HRs of ``peers_ref``."""
+    return {sid: {"hr_pred_bpm": hr_bpm, "hr_ref_bpm": v["hr_ref_bpm"],
+                  "win_hr_pred_bpm": [hr_bpm] * len(v["win_hr_ref_bpm"]), "win_hr_ref_bpm": v["win_hr_ref_bpm"],
+                  "win_bvp_r": [], "bvp_r": float("nan")} for sid, v in peers_ref.items()}
 
 
 def pos_baseline(build: dict, clips: list[dict], toolbox_ref: dict[str, float]) -> dict:
@@ -154,12 +203,14 @@ def pos_baseline(build: dict, clips: list[dict], toolbox_ref: dict[str, float]) 
         p = pos(traces[c["subject"]][a:b], (b - a - 1) / (t[-1] - t[0]))
         pred.append(hr_on_clock(p, t)[0])
         rs.append(float(np.corrcoef(p, nodes["labels"]["bvp"][a:b])[0, 1]))
-    whole = {}
+    whole, signals = {}, {}
     for sid in toolbox_ref:
         a, b = video_span(build, sid)
         t = build[sid]["labels"]["t_s"][a:b]
-        whole[sid] = whole_video_hr(pos(traces[sid][a:b], (b - a - 1) / (t[-1] - t[0])), t)
-    return {**summary(pred, [c["hr_ref_bpm"] for c in clips], rs), "toolbox": toolbox_scores(whole, toolbox_ref)}
+        signals[sid] = pos(traces[sid][a:b], (b - a - 1) / (t[-1] - t[0]))
+        whole[sid] = whole_video_hr(signals[sid], t)
+    return {**summary(pred, [c["hr_ref_bpm"] for c in clips], rs), "toolbox": toolbox_scores(whole, toolbox_ref),
+            "peers_protocol": peers_protocol(build, signals)}
 
 
 def ensure_synthetic(cache: Path) -> None:
@@ -230,7 +281,9 @@ def run_family(fam: str, args, split: Split, seed: int, dev: torch.device, plan:
            "checkpoint": str(res["checkpoint"]),
            **summary([s.hr_pred_bpm for s in scores], [s.hr_ref_bpm for s in scores], [s.bvp_r for s in scores])}
     if bvp:
-        row["toolbox"] = toolbox_scores(family_toolbox(build, split.test, bvp), toolbox_ref)
+        signals = family_signals(build, split.test, bvp)
+        row["toolbox"] = toolbox_scores(family_toolbox(build, split.test, signals), toolbox_ref)
+        row["peers_protocol"] = peers_protocol(build, signals)
     row["clips"] = [asdict(s) for s in scores]
     return row
 
@@ -241,8 +294,10 @@ def run_split(build: dict, split: Split, families: list[str], args, seed: int, d
     clips = clip_table(build, split.test, args.hr_label)
     ref = toolbox_reference(build, split.test)
     if split.fold not in baselines:
-        baselines[split.fold] = {"constant": constant_baseline(build, split.train + split.val, clips, args.hr_label, ref),
-                                 "pos": pos_baseline(build, clips, ref)}
+        pos = pos_baseline(build, clips, ref)
+        baselines[split.fold] = {"constant": constant_baseline(build, split.train + split.val, clips, args.hr_label, ref,
+                                                               pos["peers_protocol"]),
+                                 "pos": pos}
     out = {"fold": split.fold, "seed": seed, "train_subjects": split.train, "val_subjects": split.val,
            "test_subjects": split.test, "n_clips": len(clips), **baselines[split.fold], "results": {}}
     for fam in families:
@@ -293,6 +348,17 @@ def fold_summary(runs: list[dict], families: list[str]) -> dict:
         if pooled:
             entry["toolbox_per_seed"] = pooled
             entry["toolbox"] = {k: mean_sd(p[k] for p in pooled.values()) for k in TOOLBOX_KEYS}
+        peer_rows = {}
+        for s in seeds:  # every subject is tested once per seed: peers.py's table over the subjects
+            subs = {sid: v for r, x in per_run if r["seed"] == s for sid, v in x.get("peers_protocol", {}).items()}
+            if subs:
+                sm = summarise(subs)
+                peer_rows[str(s)] = {"subjects": len(subs), "video_mae": sm["video"]["mae"],
+                                     "video_rmse": sm["video"]["rmse"], "window_mae": sm["window"]["mae"],
+                                     "window_rmse": sm["window"]["rmse"], "window_bvp_r": sm["bvp_r"]}
+        if peer_rows:
+            entry["peers_protocol_per_seed"] = peer_rows
+            entry["peers_protocol"] = {k: mean_sd(p[k] for p in peer_rows.values()) for k in PEERS_KEYS}
         out[name] = entry
     return out
 
@@ -318,17 +384,65 @@ def print_tables(out: dict, families: list[str]) -> None:
         tb = e.get("toolbox")
         tbs = " | ".join(f(tb[k]) for k in TOOLBOX_KEYS) if tb else "n/a | n/a | n/a | n/a"
         print(f"| {name} | {f(c['mae'])} | {f(c['rmse'])} | {f(c['pearson_r'])} | {f(c['bvp_r'])} | {wins} | {tbs} |")
+    print("\npeers.py's protocol (index clock; per seed over the subjects, each tested in its fold; mean ± s.d. "
+          "over seeds)\n")
+    print("| method | subjects | whole-video MAE bpm | whole-video RMSE bpm | 10-s window MAE bpm | window RMSE bpm "
+          "| window BVP r |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in ["constant", "pos", *families]:
+        pp = s[name].get("peers_protocol")
+        if pp:
+            n = next(iter(s[name]["peers_protocol_per_seed"].values()))["subjects"]
+            print(f"| {name} | {n} | " + " | ".join(f(pp[k]) for k in PEERS_KEYS) + " |")
+
+
+def rescore(path: Path, cache: Path, device: str) -> None:
+    """Add :func:`peers_protocol` rows to the runs of ``path`` from their checkpoints, and rewrite its summary.
+
+    Raises ValueError when a checkpoint no longer reproduces its run's stored clip MAE.
+    """
+    out = json.loads(path.read_text())
+    build = open_build(cache, "ubfc", "ubfc")
+    hr_label = out.get("hr_label", "beats")
+    families = sorted({f for r in out["runs"] for f in r["results"]})
+    for run in out["runs"]:
+        test = run["test_subjects"]
+        if "peers_protocol" not in run["pos"]:
+            ref = toolbox_reference(build, test)
+            pos = pos_baseline(build, clip_table(build, test, hr_label), ref)
+            run["pos"]["peers_protocol"] = pos["peers_protocol"]
+            run["constant"]["peers_protocol"] = constant_peers_protocol(run["constant"]["hr_bpm"], pos["peers_protocol"])
+        for fam, row in run["results"].items():
+            if "checkpoint" not in row or "peers_protocol" in row:
+                continue
+            bvp: dict = {}
+            scores, _ = evaluate_checkpoint(row["checkpoint"], cache, "ubfc", "ubfc", subjects=test, device=device,
+                                            hr_label=hr_label, bvp_out=bvp)
+            mae = summary([c.hr_pred_bpm for c in scores], [c.hr_ref_bpm for c in scores])["mae"]
+            if abs(mae - row["mae"]) > 1e-6:
+                raise ValueError(f"{row['checkpoint']} scores clip MAE {mae:.4f}, the run stored {row['mae']:.4f}")
+            row["peers_protocol"] = peers_protocol(build, family_signals(build, test, bvp))
+            print(f"fold {run['fold']} seed {run['seed']} {fam}: rescored", flush=True)
+    out["summary"] = fold_summary(out["runs"], families)
+    print_tables(out, families)
+    path.write_text(json.dumps(out, indent=1, default=float) + "\n")
+    print(path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--rescore", type=Path, default=None,
+                    help="add peers.py's protocol to this earlier JSON from its checkpoints (no training)")
     ap.add_argument("--families", nargs="+", default=None, choices=ALL_FAMILIES)
     ap.add_argument("--test", nargs="+", default=None, help="a fixed split: these held-out subjects (no --folds)")
     ap.add_argument("--val", nargs="+", default=None,
                     help="validation subjects of the fixed split (default: the first training subject)")
     ap.add_argument("--folds", type=int, default=4, help="subject-disjoint folds when --test is not given")
     ap.add_argument("--only-folds", type=int, nargs="+", default=None, help="run only these fold numbers")
+    ap.add_argument("--max-train", type=int, default=None,
+                    help="train on only the first N training subjects of each split (same validation and test "
+                         "subjects): the learning-curve check that more subjects do not make a family worse")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 for --test, 0 1 2 for folds)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--steps", type=int, default=None, help="steps per family (default 100000 on CUDA: time-bound)")
@@ -366,6 +480,8 @@ def main() -> None:
     dev = pick_device(args.device)  # raises here, before any work, when CUDA is asked for and absent
     cuda = dev.type == "cuda"
     torch.set_num_threads(args.threads)
+    if args.rescore:
+        return rescore(args.rescore, args.cache, str(dev))
     plan = {"steps": args.steps or (100_000 if cuda else 100),
             "minutes": args.minutes if args.minutes is not None else (1.5 if cuda else None),
             "norm": args.norm or ("temporal" if cuda else None), "batch": args.batch or (8 if cuda else 4),
@@ -379,6 +495,10 @@ def main() -> None:
         splits, protocol = kfold_splits(subjects, args.folds), f"{args.folds}-fold"
         if args.only_folds is not None:
             splits = [s for s in splits if s.fold in args.only_folds]
+    if args.max_train is not None:
+        if args.max_train < 1:
+            raise SystemExit("--max-train must be >= 1")
+        splits = [dataclasses.replace(s, train=s.train[:args.max_train]) for s in splits]
     seeds = args.seeds or ([0] if args.test else [0, 1, 2])
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(dev), "hr_label": args.hr_label,
            "gpu": torch.cuda.get_device_name(dev) if cuda else None, "threads": args.threads,
