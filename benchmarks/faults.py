@@ -629,7 +629,7 @@ class Campaign:
             there = all(node_exists(cache / n["path"]) for n in rec.get("nodes", {}).values())
             lost = res.returncode != 0 or rec.get("status") != "ok" or not rec.get("frames") or not there \
                 or (elsewhere / "cache").exists() or not ok or hashes(cache) != self.of(sid)
-            self.row("tcp_relative", f"`dask scheduler` + `dask worker` run in TMP/tcp/elsewhere; `build --root data "
+            self.row("tcp_relative", "`dask scheduler` + `dask worker` run in TMP/tcp/elsewhere; `build --root data "
                      "--cache cache --scheduler tcp://...` run in TMP/tcp/client", lost,
                      f"none ({rec.get('frames')} frames; {last})" if not lost
                      else error_line(res) or rec.get("error", ""), None, frames=rec.get("frames"),

@@ -137,7 +137,7 @@ else:
     sch = None
 
 def evaluate():
-    model.eval(); rs, errs, vl, preds = [], [], [], []
+    model.eval(); rs, errs, preds = [], [], []
     with torch.no_grad():
         for s in test:
             d = D[s]

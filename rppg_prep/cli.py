@@ -709,10 +709,6 @@ def sample_ubfc(out: Path, n_subjects: int, duration_s: float, fps: float, seed:
         click.echo(f"{s.id}\t{s.hr_bpm:.1f} bpm\t{s.video}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 @sample.command("synthetic")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder to write synthetic.json + c<NN>/frames.npy + truth.csv into.")
@@ -774,3 +770,7 @@ def export_toolbox_command(pipeline: str, out: Path, cache: Path, chunk_length: 
         click.echo(f"{sid}\t{n} chunk(s)\t{res['dropped'][sid]} frame(s) dropped")
     click.echo(f"wrote {len(res['inputs'])} input/label pairs to {res['folder']}")
     click.echo(f"file list: {res['file_list']}")
+
+
+if __name__ == "__main__":
+    main()
