@@ -440,7 +440,7 @@ def fit_cnn3d_synthetic(*, steps: int = 100, batch: int = 32, lr: float = 1e-3, 
 #: the README's CPU recipes (``TrainConfig(**CPU_RECIPES[family])``): every entry a deviation from the
 #: paper's defaults, measured under the 4-fold protocol (README, "Learning that holds on people never seen")
 CPU_RECIPES: dict[str, dict[str, Any]] = {
-    "stgnet": {"size_px": 16, "norm": "bandpass", "pos_embed": "off", "augment": "jitter+flip",
+    "stgnet": {"size_px": 16, "norm": "bandpass", "pos_embed": "off", "augment": "jitter+flip+speed",
                "schedule": "warmup-cosine", "lr": 1e-3, "batch": 8, "steps": 600, "val_every": 100},
     "meta-rppg": {"size_px": 32, "norm": "bandpass", "augment": "jitter+flip", "select": "hr_mae", "lr": 1e-3,
                   "batch": 4, "steps": 400, "val_every": 100},
