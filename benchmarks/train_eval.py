@@ -2,8 +2,8 @@
 
     # subject-disjoint 4-fold evaluation, 3 seeds (the README's fold table); one family per run
     .venv/bin/python benchmarks/train_eval.py --cache CACHE --families stgnet --folds 4 --seeds 0 1 2 \\
-        --size-px 16 --norm bandpass --pos-embed off --augment jitter+flip --schedule warmup-cosine \\
-        --lr 1e-3 --batch 4 --steps 600 --val-every 100 --threads 1
+        --size-px 16 --norm bandpass --pos-embed off --augment jitter+flip+speed --schedule warmup-cosine \\
+        --lr 1e-3 --batch 8 --steps 600 --val-every 100 --threads 1
     # a fixed split (the JSON of earlier runs: results[family] with mae and bvp_r, constant, pos)
     .venv/bin/python benchmarks/train_eval.py --cache CACHE --families meta-rppg --test subject8 subject9 ...
     # a CUDA machine: every family at the paper's input size
