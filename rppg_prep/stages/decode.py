@@ -64,8 +64,6 @@ class FrameTimes:
         """Nothing to release."""
 
 
-
-
 STAGE = Stage(
     name="decode",
     version="1",

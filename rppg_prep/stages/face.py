@@ -362,8 +362,6 @@ class FaceCrops:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-
-
 STAGE = Stage(
     name="face",
     version="1",

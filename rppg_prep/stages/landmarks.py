@@ -442,8 +442,6 @@ class LandmarkTrack:
             self.detector = None
 
 
-
-
 STAGE = Stage(
     name="landmarks",
     version="1",
