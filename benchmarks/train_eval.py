@@ -399,19 +399,24 @@ def print_tables(out: dict, families: list[str]) -> None:
 def rescore(path: Path, cache: Path, device: str) -> None:
     """Add :func:`peers_protocol` rows to the runs of ``path`` from their checkpoints, and rewrite its summary.
 
-    Raises ValueError when a checkpoint no longer reproduces its run's stored clip MAE.
+    Runs on the JSON's torch thread count (``threads``): another count changes the float reduction
+    order, and so the last digits of the scores. Raises ValueError when a checkpoint no longer
+    reproduces its run's stored clip MAE.
     """
     out = json.loads(path.read_text())
+    torch.set_num_threads(int(out.get("threads", torch.get_num_threads())))
     build = open_build(cache, "ubfc", "ubfc")
     hr_label = out.get("hr_label", "beats")
     families = sorted({f for r in out["runs"] for f in r["results"]})
+    pos_rows: dict[tuple[str, ...], dict] = {}  # a fold's POS is the same for every seed
     for run in out["runs"]:
         test = run["test_subjects"]
         if "peers_protocol" not in run["pos"]:
-            ref = toolbox_reference(build, test)
-            pos = pos_baseline(build, clip_table(build, test, hr_label), ref)
-            run["pos"]["peers_protocol"] = pos["peers_protocol"]
-            run["constant"]["peers_protocol"] = constant_peers_protocol(run["constant"]["hr_bpm"], pos["peers_protocol"])
+            if tuple(test) not in pos_rows:
+                ref = toolbox_reference(build, test)
+                pos_rows[tuple(test)] = pos_baseline(build, clip_table(build, test, hr_label), ref)["peers_protocol"]
+            run["pos"]["peers_protocol"] = pos_rows[tuple(test)]
+            run["constant"]["peers_protocol"] = constant_peers_protocol(run["constant"]["hr_bpm"], pos_rows[tuple(test)])
         for fam, row in run["results"].items():
             if "checkpoint" not in row or "peers_protocol" in row:
                 continue
